@@ -1,0 +1,136 @@
+"""The 2-D partition of DESIGN.md §1 steps 1-4: scores → row and token boundaries.
+
+Units (grid-independent, so one partition serves images of any resolution):
+
+* ``row_edges``: (B, R + 1) fractions of the image height, 0 = top edge, 1 = bottom edge.
+* ``token_edges``: (B, N + 1) positions on the strip of the R new rows laid side by side, in
+  units of one image width: the integer part is the row, the fractional part the horizontal
+  position within that row (0 = left edge, 1 = right edge). A token may straddle the end of one
+  row and the start of the next. ``token_edges[:, 0] = 0`` and ``token_edges[:, -1] = R``.
+
+The partition is computed in float64 whatever the scores' dtype (the tensors are tiny: B×h×w):
+a token edge times the strip's width in pixels (up to R·W ≈ 6,000 for a 448 input) needs more
+than float32's 24 bits to place samples to 1e-4 of a pixel, and float32 cumulative sums would
+move the boundaries by more than the method's own 1e-8 guards. Gradients flow back to the scores
+in their own dtype.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Literal, Optional
+
+import torch
+
+from .intervals import interval_average, row_overlap_normaliser
+from .quantile import density_edges
+
+InvalidPolicy = Literal["uniform", "raise"]
+
+
+@dataclass(frozen=True)
+class Partition:
+    """Where the tokens of each image look.
+
+    Attributes:
+        row_edges: (B, R + 1) row boundaries as fractions of the image height.
+        token_edges: (B, N + 1) token boundaries on the row strip, in [0, R].
+        density: (B, h, w) the normalised score density (``pdf``) the partition came from.
+    """
+
+    row_edges: torch.Tensor
+    token_edges: torch.Tensor
+    density: torch.Tensor
+
+    @property
+    def num_rows(self) -> int:
+        return self.row_edges.shape[-1] - 1
+
+    @property
+    def num_tokens(self) -> int:
+        return self.token_edges.shape[-1] - 1
+
+    @property
+    def grid_size(self) -> tuple[int, int]:
+        return tuple(self.density.shape[-2:])
+
+    def token_rows(self) -> torch.Tensor:
+        """(B, N) the row each token starts in."""
+        return self.token_edges[:, :-1].floor().long().clamp(max=self.num_rows - 1)
+
+
+def default_num_rows(num_tokens: int) -> int:
+    """The published row count: round(sqrt(N)), at least 1."""
+    return max(1, round(math.sqrt(num_tokens)))
+
+
+def score_density(scores: torch.Tensor, on_invalid: InvalidPolicy = "uniform") -> torch.Tensor:
+    """Normalise positive scores into a per-sample density ``pdf = score / score.sum()``.
+
+    Args:
+        scores: (B, h, w) non-negative scores.
+        on_invalid: what to do with a sample whose scores are non-finite, negative or sum to
+            zero. ``"uniform"`` (default, no host sync) replaces that sample's scores with a
+            uniform map, i.e. a fixed grid; ``"raise"`` checks the batch and raises ValueError.
+
+    Returns:
+        (B, h, w) float64 densities, each summing to 1.
+    """
+    if scores.dim() != 3:
+        raise ValueError(f"scores must be (B, h, w); got shape {tuple(scores.shape)}")
+    work = scores.to(torch.float64)
+    flat = work.flatten(1)
+    valid = torch.isfinite(flat).all(-1) & (flat >= 0).all(-1) & (flat.sum(-1) > 0)
+    if on_invalid == "raise":
+        if not bool(valid.all()):
+            bad = torch.nonzero(~valid).flatten().tolist()
+            raise ValueError(
+                f"scores of samples {bad} are non-finite, negative or all zero; a partition needs "
+                "finite non-negative scores with a positive sum (pass on_invalid='uniform' to fall "
+                "back to a fixed grid for such samples)"
+            )
+    elif on_invalid != "uniform":
+        raise ValueError(f"on_invalid must be 'uniform' or 'raise', got {on_invalid!r}")
+    flat = torch.where(valid.unsqueeze(-1), flat, torch.ones_like(flat))
+    # Dividing by the maximum first keeps huge-range scores from overflowing the sum.
+    flat = flat / flat.amax(-1, keepdim=True)
+    pdf = flat / flat.sum(-1, keepdim=True)
+    return pdf.view_as(work)
+
+
+def partition(
+    scores: torch.Tensor,
+    num_rows: Optional[int] = None,
+    num_tokens: int = 196,
+    on_invalid: InvalidPolicy = "uniform",
+) -> Partition:
+    """Partition each score map into ``num_rows`` rows and ``num_tokens`` tokens.
+
+    Args:
+        scores: (B, h, w) non-negative scores on the score grid.
+        num_rows: R, the number of rows (default ``round(sqrt(num_tokens))``).
+        num_tokens: N, the token budget.
+        on_invalid: see :func:`score_density`.
+
+    Returns:
+        A :class:`Partition`; edges are differentiable almost everywhere in ``scores``.
+    """
+    num_rows = default_num_rows(num_tokens) if num_rows is None else num_rows
+    if num_rows < 1 or num_tokens < 1:
+        raise ValueError(f"num_rows and num_tokens must be >= 1, got {num_rows} and {num_tokens}")
+    pdf = score_density(scores, on_invalid)
+    batch, height, width = pdf.shape
+
+    # Step 2: rows from the row marginal.
+    marginal = pdf.sum(-1)
+    marginal = marginal / (marginal.sum(-1, keepdim=True) + 1e-8)
+    row_edges = density_edges(marginal, num_rows)  # (B, R + 1) in old-row units
+
+    # Step 3: each new row's density is the overlap-weighted average of the old rows it covers.
+    strip = interval_average(pdf, row_edges, row_overlap_normaliser).flatten(1)  # (B, R * w)
+    strip = strip / strip.sum(-1, keepdim=True)
+
+    # Step 4: tokens from the strip, in strip cells, then in row units.
+    token_edges = density_edges(strip, num_tokens) / width
+    return Partition(row_edges=row_edges / height, token_edges=token_edges, density=pdf)

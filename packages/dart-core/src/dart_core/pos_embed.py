@@ -1,0 +1,67 @@
+"""Positional-embedding resampling (DESIGN.md §1 step 5).
+
+The learned (h·w, D) table is read as an h×w grid. Its rows are resampled with the same overlap
+average as the score density (step 3), the result is flattened into the R·w strip, and token n
+gets the overlap average of the strip cells under its span (weights normalised with a 1e-12
+guard). Class, distillation or middle tokens keep their own embeddings; see
+:func:`split_prefix_pos_embed`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from .intervals import interval_average, row_overlap_normaliser, token_overlap_normaliser
+from .partition import Partition
+
+
+def resample_pos_embed(pos_grid: torch.Tensor, partition: Partition) -> torch.Tensor:
+    """Positional embeddings for the partition's tokens.
+
+    Args:
+        pos_grid: (1 or B, h, w, D) the positional table as a grid (any grid size; it need not
+            match the score grid).
+        partition: a :class:`Partition` with B samples, R rows and N tokens.
+
+    Returns:
+        (B, N, D) one embedding per token, in ``pos_grid``'s dtype.
+    """
+    if pos_grid.dim() != 4:
+        raise ValueError(f"pos_grid must be (1 or B, h, w, D); got shape {tuple(pos_grid.shape)}")
+    batch = partition.row_edges.shape[0]
+    _, height, width, dim = pos_grid.shape
+    grid = pos_grid.expand(batch, -1, -1, -1)
+    work = grid if grid.dtype in (torch.float32, torch.float64) else grid.float()
+    row_edges = partition.row_edges.to(work.dtype) * height
+    rows = interval_average(work.flatten(2), row_edges, row_overlap_normaliser)  # (B, R, w * D)
+    strip = rows.reshape(batch, -1, dim)  # (B, R * w, D)
+    token_edges = partition.token_edges.to(work.dtype) * width
+    return interval_average(strip, token_edges, token_overlap_normaliser).to(pos_grid.dtype)
+
+
+def split_prefix_pos_embed(
+    pos_embed: torch.Tensor, grid_size: tuple[int, int], prefix_index: tuple[int, ...]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Split a (1, prefix + h·w, D) table into prefix-token embeddings and the patch grid.
+
+    Args:
+        pos_embed: (1, L, D) table with L = len(prefix_index) + h·w.
+        grid_size: (h, w).
+        prefix_index: positions of the class/distillation tokens in the table (Vim's middle
+            class token sits at h·w // 2).
+
+    Returns:
+        ((1, len(prefix_index), D) prefix embeddings, (1, h, w, D) grid).
+    """
+    height, width = grid_size
+    length = pos_embed.shape[1]
+    if length != len(prefix_index) + height * width:
+        raise ValueError(
+            f"positional table has {length} entries; expected {len(prefix_index)} prefix + "
+            f"{height}x{width} grid entries"
+        )
+    keep = torch.ones(length, dtype=torch.bool, device=pos_embed.device)
+    keep[list(prefix_index)] = False
+    prefix = pos_embed[:, list(prefix_index)]
+    grid = pos_embed[:, keep].reshape(pos_embed.shape[0], height, width, -1)
+    return prefix, grid
