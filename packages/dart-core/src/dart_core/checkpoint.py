@@ -1,0 +1,114 @@
+"""Reading checkpoint files safely, and converting the published DART release's checkpoints.
+
+Files from users never run code: everything is read with ``torch.load(weights_only=True)``. The
+only non-tensor object the published DeiT-style checkpoints legitimately hold is the training
+script's ``argparse.Namespace`` (under ``"args"``); it is allow-listed, nothing else is.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from typing import Any, Mapping, Union
+
+import torch
+
+PathLike = Union[str, os.PathLike]
+
+# Types a checkpoint may hold besides tensors and plain containers.
+SAFE_CHECKPOINT_GLOBALS = [argparse.Namespace]
+
+# Keys under which training scripts nest the weights, in order of preference (the live model
+# before its EMA: the published checkpoints were evaluated from "model").
+STATE_DICT_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema")
+
+
+def read_checkpoint(path: PathLike) -> Any:
+    """Load a checkpoint file without executing code from it.
+
+    Raises:
+        FileNotFoundError: no such file.
+        ValueError: the file holds objects outside the allow-list (it would need code to load).
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        with torch.serialization.safe_globals(SAFE_CHECKPOINT_GLOBALS):
+            return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # torch raises UnpicklingError (and others) for disallowed globals
+        raise ValueError(
+            f"{path} is not a weights-only checkpoint: it holds objects that would run code on load "
+            f"({error}). Re-save it as a plain state dict of tensors."
+        ) from error
+
+
+def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
+    """The model weights in a checkpoint file (unwrapping ``model`` / ``state_dict`` / EMA keys and a
+    ``module.`` prefix left by DistributedDataParallel)."""
+    checkpoint = read_checkpoint(path)
+    if isinstance(checkpoint, Mapping):
+        for key in STATE_DICT_KEYS:
+            if isinstance(checkpoint.get(key), Mapping):
+                checkpoint = checkpoint[key]
+                break
+    if not isinstance(checkpoint, Mapping) or not all(isinstance(v, torch.Tensor) for v in checkpoint.values()):
+        raise ValueError(f"{path} does not hold a state dict of tensors")
+    return {k.removeprefix("module."): v for k, v in checkpoint.items()}
+
+
+class CheckpointMismatchError(RuntimeError):
+    """A converted checkpoint does not fit the model: lists what is missing and unexpected."""
+
+    def __init__(self, source: str, missing: list[str], unexpected: list[str], mismatched: list[str]):
+        lines = [f"checkpoint {source} does not fit the model"]
+        for title, keys in (("missing keys", missing), ("unexpected keys", unexpected),
+                            ("shape mismatches", mismatched)):
+            if keys:
+                lines.append(f"  {title} ({len(keys)}): " + ", ".join(keys[:20]) + (" …" if len(keys) > 20 else ""))
+        lines.append("  Check the model name (size, token budget, scorer backbone and head version) matches the file.")
+        super().__init__("\n".join(lines))
+        self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+
+
+def load_exact(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> None:
+    """``load_state_dict`` that reports every missing, unexpected or misshapen key in one clear error."""
+    own = model.state_dict()
+    missing = sorted(set(own) - set(state_dict))
+    unexpected = sorted(set(state_dict) - set(own))
+    mismatched = sorted(
+        f"{k} {tuple(state_dict[k].shape)} vs {tuple(own[k].shape)}"
+        for k in set(own) & set(state_dict)
+        if state_dict[k].shape != own[k].shape
+    )
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(source, missing, unexpected, mismatched)
+    model.load_state_dict(state_dict)
+
+
+# The published tokenizer nests its score network three deep (MobileNet*Pred → ScorePredNet →
+# ScorePredNetV1/V2); its MLP is an nn.Sequential (Linear, GELU, Linear).
+_PUBLISHED_RENAMES = (
+    ("patch_embed.spn.spn.spn.features.", "patch_embed.scorer.backbone."),
+    ("patch_embed.spn.spn.spn.mlp.net.0.", "patch_embed.scorer.head.mlp.fc1."),
+    ("patch_embed.spn.spn.spn.mlp.net.2.", "patch_embed.scorer.head.mlp.fc2."),
+)
+
+
+def convert_published_deit(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map the keys of the original release's ``darvit-*.pth`` (``models_deit.py`` / ``dart/spn.py``)
+    onto our DeiT + DART models. Transformer keys already follow timm's layout; the score network
+    moves from ``patch_embed.spn.spn.spn`` to ``patch_embed.scorer``."""
+    converted = {}
+    for key, value in state_dict.items():
+        for old, new in _PUBLISHED_RENAMES:
+            if key.startswith(old):
+                key = new + key[len(old):]
+                break
+        converted[key] = value
+    return converted
+
+
+def load_published_deit(model: torch.nn.Module, path: PathLike) -> None:
+    """Load a published ``darvit-*.pth`` file into a DeiT + DART model, or raise
+    :class:`CheckpointMismatchError` listing what does not fit."""
+    load_exact(model, convert_published_deit(read_state_dict(path)), source=str(path))

@@ -1,0 +1,192 @@
+"""DeiT + DART: timm's VisionTransformer with the DART tokenizer, registered with timm.
+
+Registered names (``timm.create_model(name)`` after ``import dart_core``):
+``deit_{tiny,small,base}_dart_patch16_448`` (196 tokens) and
+``deit_{tiny,small,base}_dart{121,144,288,392}_patch16_448`` for the other published budgets.
+All take a 448 input, keep DeiT's 14×14 positional table, and accept ``num_tokens=``,
+``scorer=`` (a module) or ``scorer_backbone=`` / ``scorer_version=`` / ``scorer_weights=`` /
+``scorer_batch_stats=`` to build one. Published checkpoints load with
+``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)`` (through
+:func:`dart_core.checkpoint.load_published_deit`).
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import Optional
+
+import torch
+import torch.nn as nn
+from timm.models import build_model_with_cfg, register_model
+from timm.models.vision_transformer import VisionTransformer
+
+from ..checkpoint import PathLike, load_published_deit
+from ..pos_embed import split_prefix_pos_embed
+from ..scorers import build_scorer
+from ..tokenizer import DART
+
+TOKEN_BUDGETS = (121, 144, 196, 288, 392)
+
+# Published score networks: DeiT-Tiny scores with MobileNetV3-Small, DeiT-Small with -Large.
+DEFAULT_SCORER = {"tiny": "mobilenet_v3_small", "small": "mobilenet_v3_large", "base": "mobilenet_v3_large"}
+SIZES = {
+    "tiny": dict(embed_dim=192, depth=12, num_heads=3),
+    "small": dict(embed_dim=384, depth=12, num_heads=6),
+    "base": dict(embed_dim=768, depth=12, num_heads=12),
+}
+
+
+class DARTViTMixin:
+    """Replaces a VisionTransformer's patch embedding + positional embedding with DART's.
+
+    The positional table stays timm's ``pos_embed`` (prefix entries first unless
+    ``no_embed_class``); its grid part is resampled per image for the DART tokens.
+    """
+
+    def dart_prefix_index(self) -> tuple[int, ...]:
+        return () if self.no_embed_class else tuple(range(self.num_prefix_tokens))
+
+    def dart_embed(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images → (B, prefix + N, D) tokens with positional embeddings."""
+        batch = images.shape[0]
+        prefix_pos, grid = (None, None)
+        if self.pos_embed is not None:
+            prefix_pos, grid = split_prefix_pos_embed(self.pos_embed, self.patch_embed.grid_size, self.dart_prefix_index())
+        out = self.patch_embed(images, pos_grid=grid, return_details=True)
+        tokens = out.tokens if out.pos_embed is None else out.tokens + out.pos_embed
+        prefix = []
+        if self.cls_token is not None:
+            prefix.append(self.cls_token.expand(batch, -1, -1))
+        if self.reg_token is not None:
+            prefix.append(self.reg_token.expand(batch, -1, -1))
+        if prefix:
+            prefix = torch.cat(prefix, dim=1)
+            if prefix_pos is not None and prefix_pos.shape[1]:
+                prefix = prefix + prefix_pos
+            tokens = torch.cat([prefix, tokens], dim=1)
+        return self.pos_drop(tokens)
+
+    def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+        x = self.norm_pre(self.patch_drop(self.dart_embed(x)))
+        if attn_mask is not None or is_causal:
+            for block in self.blocks:
+                x = block(x, attn_mask=attn_mask, is_causal=is_causal)
+        else:
+            x = self.blocks(x)
+        return self.norm(x)
+
+    def forward_intermediates(self, *args, **kwargs):
+        raise NotImplementedError(
+            "forward_intermediates assumes a fixed patch grid; DART tokens have none. Use forward_features, "
+            "or the tokenizer's partition (patch_embed(x, return_details=True)) to map tokens to regions."
+        )
+
+
+class DARTVisionTransformer(DARTViTMixin, VisionTransformer):
+    """timm's VisionTransformer with a :class:`DART` tokenizer."""
+
+    def load_pretrained(self, path: PathLike) -> None:
+        """timm's ``custom_load`` hook: a published ``darvit-*.pth`` (or one of ours) from a local file."""
+        load_published_deit(self, path)
+
+
+def dart_embed_layer(
+    num_tokens: Optional[int],
+    num_rows: Optional[int],
+    sample_scale: int,
+    scorer: Optional[nn.Module],
+    scorer_backbone: str,
+    scorer_version: str,
+    scorer_weights: Optional[PathLike],
+    scorer_batch_stats: bool,
+    on_invalid: str = "uniform",
+):
+    """An ``embed_layer`` factory for timm's VisionTransformer that builds DART with its scorer."""
+
+    def build(img_size=224, patch_size=16, **kwargs) -> DART:
+        grid = tuple(s // (patch_size * sample_scale) for s in (img_size, img_size)) if isinstance(img_size, int) \
+            else tuple(s // (patch_size * sample_scale) for s in img_size)
+        net = scorer or build_scorer(
+            scorer_backbone, scorer_version, grid_size=grid, weights=scorer_weights, batch_stats=scorer_batch_stats
+        )
+        return DART(
+            img_size=img_size,
+            patch_size=patch_size,
+            num_tokens=num_tokens,
+            num_rows=num_rows,
+            sample_scale=sample_scale,
+            scorer=net,
+            on_invalid=on_invalid,
+            **kwargs,
+        )
+
+    return build
+
+
+def create_deit_dart(variant: str, size: str, pretrained: bool = False, **kwargs) -> DARTVisionTransformer:
+    """Build a DeiT + DART model (see the module docstring for the keyword arguments)."""
+    embed_layer = dart_embed_layer(
+        num_tokens=kwargs.pop("num_tokens", None),
+        num_rows=kwargs.pop("num_rows", None),
+        sample_scale=kwargs.pop("sample_scale", 2),
+        scorer=kwargs.pop("scorer", None),
+        scorer_backbone=kwargs.pop("scorer_backbone", DEFAULT_SCORER[size]),
+        scorer_version=kwargs.pop("scorer_version", "v1"),
+        scorer_weights=kwargs.pop("scorer_weights", None),
+        scorer_batch_stats=kwargs.pop("scorer_batch_stats", False),
+        on_invalid=kwargs.pop("on_invalid", "uniform"),
+    )
+    overlay = kwargs.get("pretrained_cfg_overlay")
+    if overlay and overlay.get("file"):
+        # Our loader (weights-only, allow-listed, converts the published layout); timm resets
+        # custom_load for overlay sources unless it is set explicitly.
+        kwargs["pretrained_cfg_overlay"] = dict(overlay, custom_load=overlay.get("custom_load", True))
+    model_args = dict(
+        img_size=448, patch_size=16, mlp_ratio=4, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6),
+        embed_layer=embed_layer, **SIZES[size],
+    )
+    return build_model_with_cfg(
+        DARTVisionTransformer, variant, pretrained, **dict(model_args, **kwargs)
+    )
+
+
+def _default_cfg(**overrides) -> dict:
+    cfg = dict(
+        num_classes=1000, input_size=(3, 448, 448), pool_size=None, crop_pct=0.875, interpolation="bicubic",
+        fixed_input_size=True, mean=(0.485, 0.456, 0.406), std=(0.229, 0.224, 0.225),
+        first_conv="patch_embed.proj", classifier="head", custom_load=True, license="mit",
+    )
+    cfg.update(overrides)
+    return cfg
+
+
+def _register(size: str, budget: int) -> None:
+    name = f"deit_{size}_dart_patch16_448" if budget == 196 else f"deit_{size}_dart{budget}_patch16_448"
+
+    def entrypoint(pretrained: bool = False, **kwargs) -> DARTVisionTransformer:
+        kwargs.setdefault("num_tokens", budget)
+        return create_deit_dart(name, size, pretrained=pretrained, **kwargs)
+
+    entrypoint.__name__ = name
+    entrypoint.__qualname__ = name
+    entrypoint.__module__ = __name__
+    entrypoint.__doc__ = f"DeiT-{size.capitalize()} + DART, {budget} tokens, 448 input."
+    entrypoint.pretrained_cfg = _default_cfg()
+    register_model(entrypoint)
+
+
+def _register_pretrained_cfgs() -> None:
+    from timm.models import generate_default_cfgs
+
+    names = {}
+    for size in SIZES:
+        for budget in TOKEN_BUDGETS:
+            name = f"deit_{size}_dart_patch16_448" if budget == 196 else f"deit_{size}_dart{budget}_patch16_448"
+            names[name] = _default_cfg()
+    return generate_default_cfgs(names)
+
+
+default_cfgs = _register_pretrained_cfgs()
+for _size in SIZES:
+    for _budget in TOKEN_BUDGETS:
+        _register(_size, _budget)

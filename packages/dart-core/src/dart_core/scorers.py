@@ -1,0 +1,245 @@
+"""Score networks (DESIGN.md §1 step 1): a frozen lightweight CNN and a small trainable head.
+
+A scorer maps images (B, C, H, W) to positive scores (B, h, w) on the partition's score grid.
+
+* v1 head: a per-cell 2-layer MLP to one channel → resize to (h, w) → standardise →
+  ``sigmoid + 0.1``.
+* v2 head: globally pooled features → 2-layer MLP → sigmoid gate; score = Σ_c f·gate → resize →
+  standardise → ``sigmoid(2·s)``.
+
+"Standardise" is ``(s - mean) / (std + 1e-8)`` with torch's unbiased std, per sample by default.
+The published code standardises with the statistics of the whole batch (so one image's tokens
+depend on its batch-mates); ``batch_stats=True`` reproduces that for the published checkpoints.
+
+Backbones come from torchvision, sliced like the paper (``mobilenet_v3_small().features[:11]``,
+the layout of the published checkpoints), or from timm with ``features_only``. They are frozen:
+no gradients and always in eval mode (their BatchNorm statistics never move).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Literal, Optional, Union
+
+import timm
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+from timm.layers import Mlp
+
+ScoreVersion = Literal["v1", "v2"]
+
+
+def standardise(scores: torch.Tensor, batch_stats: bool = False) -> torch.Tensor:
+    """``(s - mean) / (std + 1e-8)`` with unbiased std.
+
+    Args:
+        scores: (B, h, w).
+        batch_stats: use the whole batch's mean/std (published behaviour) instead of each sample's.
+
+    Returns:
+        (B, h, w) standardised scores.
+    """
+    if batch_stats:
+        return (scores - scores.mean()) / (scores.std() + 1e-8)
+    flat = scores.flatten(1)
+    if flat.shape[1] < 2:
+        raise ValueError("per-sample standardisation needs a score grid of at least 2 cells")
+    mean = flat.mean(1).view(-1, 1, 1)
+    std = flat.std(1).view(-1, 1, 1)
+    return (scores - mean) / (std + 1e-8)
+
+
+class ScoreHeadV1(nn.Module):
+    """Per-cell MLP to one channel; ``sigmoid(standardise(s)) + 0.1``."""
+
+    def __init__(self, feature_dim: int, hidden_dim: Optional[int] = None):
+        super().__init__()
+        self.mlp = Mlp(feature_dim, hidden_dim or feature_dim, 1)
+
+    def raw_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, h', w') features → (B, h', w') raw scores."""
+        return self.mlp(features.permute(0, 2, 3, 1)).squeeze(-1)
+
+    @staticmethod
+    def activate(scores: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(scores) + 0.1
+
+
+class ScoreHeadV2(nn.Module):
+    """Channel gate from pooled features; score = Σ_c f·gate; ``sigmoid(2·standardise(s))``."""
+
+    def __init__(self, feature_dim: int, hidden_dim: Optional[int] = None):
+        super().__init__()
+        self.mlp = Mlp(feature_dim, hidden_dim or 96, feature_dim)
+
+    def raw_scores(self, features: torch.Tensor) -> torch.Tensor:
+        """(B, C, h', w') features → (B, h', w') raw scores."""
+        gate = torch.sigmoid(self.mlp(features.mean(dim=(2, 3))))  # (B, C)
+        return torch.einsum("bchw,bc->bhw", features, gate)
+
+    @staticmethod
+    def activate(scores: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(2 * scores)
+
+
+HEADS = {"v1": ScoreHeadV1, "v2": ScoreHeadV2}
+
+
+class Scorer(nn.Module):
+    """Frozen backbone + trainable head → positive scores on a (h, w) grid.
+
+    Args:
+        backbone: maps (B, C, H, W) images to (B, F, h', w') features (or a list of them; the
+            last is used).
+        feature_dim: F.
+        grid_size: (h, w), the score grid.
+        version: "v1" or "v2" head.
+        hidden_dim: the head's hidden width (published: F for v1, 96 for v2).
+        batch_stats: standardise with batch statistics (published checkpoints) instead of
+            per sample.
+        freeze_backbone: keep the backbone frozen (no gradients, eval mode); the paper's setting.
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        feature_dim: int,
+        grid_size: tuple[int, int] = (14, 14),
+        version: ScoreVersion = "v1",
+        hidden_dim: Optional[int] = None,
+        batch_stats: bool = False,
+        freeze_backbone: bool = True,
+    ):
+        super().__init__()
+        if version not in HEADS:
+            raise ValueError(f"score head version must be one of {sorted(HEADS)}, got {version!r}")
+        self.backbone = backbone
+        self.head = HEADS[version](feature_dim, hidden_dim)
+        self.grid_size = tuple(grid_size)
+        self.version = version
+        self.batch_stats = batch_stats
+        self.freeze_backbone = freeze_backbone
+        if freeze_backbone:
+            backbone.requires_grad_(False)
+            backbone.eval()
+
+    def train(self, mode: bool = True) -> "Scorer":
+        super().train(mode)
+        if self.freeze_backbone:
+            self.backbone.eval()
+        return self
+
+    def features(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) → (B, F, h', w') backbone features."""
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
+            features = self.backbone(images)
+        return features[-1] if isinstance(features, (list, tuple)) else features
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images → (B, h, w) positive scores."""
+        raw = self.head.raw_scores(self.features(images))
+        raw = F.interpolate(raw.unsqueeze(1), size=self.grid_size, mode="bilinear", align_corners=False)
+        return self.head.activate(standardise(raw.squeeze(1), self.batch_stats))
+
+
+@dataclass(frozen=True)
+class BackbonePreset:
+    """A published torchvision slice: ``features[:stage]`` and the head's hidden width per version."""
+
+    stages: dict
+    hidden: dict
+
+
+# Slices and head widths of the published score networks (dart/spn.py of the original release).
+TORCHVISION_PRESETS = {
+    "mobilenet_v3_small": BackbonePreset(stages={"v1": 11, "v2": 13}, hidden={"v1": None, "v2": 96}),
+    "mobilenet_v3_large": BackbonePreset(stages={"v1": 15, "v2": 17}, hidden={"v1": None, "v2": 96}),
+    "efficientnet_b0": BackbonePreset(stages={"v1": None, "v2": None}, hidden={"v1": 96, "v2": 96}),
+    "mnasnet1_0": BackbonePreset(stages={"v1": 14, "v2": 14}, hidden={"v1": None, "v2": 96}),
+    "squeezenet1_1": BackbonePreset(stages={"v1": 10, "v2": 10}, hidden={"v1": None, "v2": 96}),
+}
+
+
+def _torchvision_features(name: str, stage: Optional[int], weights: Optional[str]) -> nn.Module:
+    """torchvision ``model.features[:stage]`` (mnasnet: ``layers``), weights from a local file."""
+    from .checkpoint import read_state_dict
+
+    model = getattr(torchvision.models, name)(weights=None)
+    if weights is not None:
+        model.load_state_dict(read_state_dict(weights))
+    features = model.layers if name.startswith("mnasnet") else model.features
+    return features if stage is None else features[:stage]
+
+
+def _timm_features(name: str, out_index: int, weights: Optional[str]) -> nn.Module:
+    """A timm ``features_only`` backbone returning one stage, weights from a local file."""
+    kwargs = dict(features_only=True, out_indices=(out_index,))
+    if weights is not None:
+        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
+    return timm.create_model(name, **kwargs)
+
+
+def feature_channels(backbone: nn.Module, in_chans: int = 3) -> int:
+    """Channels of the backbone's (last) output, found with one tiny forward pass."""
+    info = getattr(backbone, "feature_info", None)
+    if info is not None and hasattr(info, "channels"):
+        return info.channels()[-1]
+    was_training = backbone.training
+    backbone.eval()
+    with torch.no_grad():
+        out = backbone(torch.zeros(1, in_chans, 64, 64))
+    backbone.train(was_training)
+    out = out[-1] if isinstance(out, (list, tuple)) else out
+    return out.shape[1]
+
+
+def build_scorer(
+    backbone: str = "mobilenet_v3_small",
+    version: ScoreVersion = "v1",
+    grid_size: tuple[int, int] = (14, 14),
+    weights: Optional[Union[str, os.PathLike]] = None,
+    stage: Optional[int] = None,
+    hidden_dim: Optional[int] = None,
+    batch_stats: bool = False,
+    freeze_backbone: bool = True,
+) -> Scorer:
+    """Build a scorer by backbone name.
+
+    Args:
+        backbone: a torchvision name in :data:`TORCHVISION_PRESETS` (sliced like the paper), or
+            any timm model name (used with ``features_only``), optionally prefixed ``timm:``.
+        version: "v1" or "v2" head.
+        grid_size: (h, w) score grid.
+        weights: a local weights file for the backbone (torchvision state dict, or any file timm
+            can load). Without it the backbone is randomly initialised: fine for tests, useless
+            frozen in real training; pass ``freeze_backbone=False`` to train it.
+        stage: torchvision slice end / timm feature index; defaults to the published stage for
+            torchvision presets and the last stage for timm.
+        hidden_dim: head width (defaults: the published ones).
+        batch_stats, freeze_backbone: see :class:`Scorer`.
+    """
+    name = backbone.removeprefix("timm:")
+    if backbone.startswith("timm:") or name not in TORCHVISION_PRESETS:
+        if name not in timm.list_models():
+            raise ValueError(
+                f"unknown scorer backbone {backbone!r}: use one of {sorted(TORCHVISION_PRESETS)} or a timm "
+                "model name"
+            )
+        net = _timm_features(name, -1 if stage is None else stage, weights)
+        hidden = hidden_dim
+    else:
+        preset = TORCHVISION_PRESETS[name]
+        net = _torchvision_features(name, preset.stages[version] if stage is None else stage, weights)
+        hidden = hidden_dim if hidden_dim is not None else preset.hidden[version]
+    return Scorer(
+        net,
+        feature_channels(net),
+        grid_size=grid_size,
+        version=version,
+        hidden_dim=hidden,
+        batch_stats=batch_stats,
+        freeze_backbone=freeze_backbone,
+    )

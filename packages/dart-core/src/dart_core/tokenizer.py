@@ -1,0 +1,152 @@
+"""The DART tokenizer: a drop-in for timm's ``PatchEmbed`` with content-adaptive patches."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable, Optional, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+from timm.layers import to_2tuple
+
+from .partition import InvalidPolicy, Partition, default_num_rows, partition
+from .pos_embed import resample_pos_embed
+from .sampling import sample_patches
+
+
+@dataclass
+class TokenizerOutput:
+    """What :class:`DART` computed for a batch.
+
+    Attributes:
+        tokens: (B, N, D) projected (and normalised) patches.
+        partition: the row and token boundaries.
+        scores: (B, h, w) the scorer's output.
+        pos_embed: (B, N, D) resampled positional embeddings, or None without a table.
+    """
+
+    tokens: torch.Tensor
+    partition: Partition
+    scores: torch.Tensor
+    pos_embed: Optional[torch.Tensor]
+
+
+class DART(nn.Module):
+    """Content-adaptive patch embedding.
+
+    Accepts the keyword arguments timm's ``VisionTransformer`` passes to its ``embed_layer``.
+    ``img_size`` is the input the model is fed; in high-resolution mode (``sample_scale=2``) the
+    score grid, the token budget's natural grid and the positional table stay those of an input
+    ``img_size / 2`` (a 448 input keeps the 14×14 grid of a 224 model) while patches are
+    sampled from the full image.
+
+    Args:
+        img_size: input size (H, W) or int.
+        patch_size: P, the side of each sampled patch.
+        in_chans: C.
+        embed_dim: D.
+        norm_layer: optional norm applied to the tokens.
+        bias: projection bias.
+        strict_img_size: raise on inputs of another size.
+        num_tokens: N, the token budget (default: the grid's cell count).
+        num_rows: R (default ``round(sqrt(N))``).
+        sample_scale: input size / (grid × P); 2 for the published 448 models.
+        scorer: module mapping (B, C, H, W) images to (B, h, w) positive scores on the grid
+            (see :mod:`dart_core.scorers`); required.
+        on_invalid: fallback for non-finite / all-zero scores, see :func:`dart_core.partition`.
+    """
+
+    def __init__(
+        self,
+        img_size: Union[int, tuple[int, int]] = 224,
+        patch_size: int = 16,
+        in_chans: int = 3,
+        embed_dim: int = 768,
+        norm_layer: Optional[Callable[[int], nn.Module]] = None,
+        flatten: bool = True,
+        output_fmt: Optional[str] = None,
+        bias: bool = True,
+        strict_img_size: bool = True,
+        dynamic_img_pad: bool = False,
+        device=None,
+        dtype=None,
+        *,
+        num_tokens: Optional[int] = None,
+        num_rows: Optional[int] = None,
+        sample_scale: int = 1,
+        scorer: Optional[nn.Module] = None,
+        on_invalid: InvalidPolicy = "uniform",
+    ):
+        super().__init__()
+        if not flatten or output_fmt not in (None, "NLC") or dynamic_img_pad:
+            raise ValueError(
+                "DART tokens form a sequence, not a grid: use flatten=True, output_fmt None/'NLC' and no "
+                "dynamic_img_pad (timm's dynamic_img_size / dynamic_img_pad options do not apply)"
+            )
+        if scorer is None:
+            raise ValueError("DART needs a scorer: pass scorer=dart_core.build_scorer(...)")
+        self.img_size = to_2tuple(img_size)
+        self.patch_size = to_2tuple(patch_size)
+        if self.patch_size[0] != self.patch_size[1]:
+            raise ValueError(f"DART samples square patches; got patch_size {patch_size}")
+        self.sample_scale = sample_scale
+        cell = patch_size * sample_scale
+        if self.img_size[0] % cell or self.img_size[1] % cell:
+            raise ValueError(
+                f"img_size {self.img_size} must be a multiple of patch_size × sample_scale = {cell}"
+            )
+        self.grid_size = (self.img_size[0] // cell, self.img_size[1] // cell)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+        self.num_tokens = num_tokens or self.num_patches
+        self.num_rows = num_rows or default_num_rows(self.num_tokens)
+        self.strict_img_size = strict_img_size
+        self.on_invalid = on_invalid
+        self.flatten = True
+        self.output_fmt = "NLC"
+        self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, bias=bias, device=device, dtype=dtype)
+        self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
+        self.scorer = scorer
+
+    def feat_ratio(self, as_vector: bool = True):
+        return self.patch_size if as_vector else self.patch_size[0]
+
+    def check_input(self, images: torch.Tensor) -> None:
+        if images.dim() != 4:
+            raise ValueError(f"DART expects images (B, C, H, W); got shape {tuple(images.shape)}")
+        if self.strict_img_size and tuple(images.shape[-2:]) != self.img_size:
+            raise ValueError(
+                f"input size {tuple(images.shape[-2:])} does not match the model's {self.img_size}: resize or "
+                f"crop the images to {self.img_size[0]}x{self.img_size[1]} (DART's 448 models take 448 inputs), "
+                "or build the model with strict_img_size=False"
+            )
+
+    def project(self, patches: torch.Tensor) -> torch.Tensor:
+        """(B, N, C, P, P) patches → (B, N, D) tokens: the Conv2d(P, stride P) as one matmul."""
+        return F.linear(patches.flatten(2), self.proj.weight.flatten(1), self.proj.bias)
+
+    def forward(
+        self,
+        images: torch.Tensor,
+        pos_grid: Optional[torch.Tensor] = None,
+        return_details: bool = False,
+    ) -> Union[torch.Tensor, TokenizerOutput]:
+        """Tokenise a batch.
+
+        Args:
+            images: (B, C, H, W).
+            pos_grid: optional (1 or B, h, w, D) positional table to resample for the tokens.
+            return_details: return a :class:`TokenizerOutput` instead of the tokens alone.
+
+        Returns:
+            (B, N, D) tokens, or a :class:`TokenizerOutput`.
+        """
+        self.check_input(images)
+        scores = self.scorer(images)
+        part = partition(scores, self.num_rows, self.num_tokens, on_invalid=self.on_invalid)
+        patches = sample_patches(images, part, self.patch_size[0])
+        tokens = self.norm(self.project(patches))
+        if not return_details:
+            return tokens
+        pos = resample_pos_embed(pos_grid, part) if pos_grid is not None else None
+        return TokenizerOutput(tokens=tokens, partition=part, scores=scores, pos_embed=pos)
