@@ -11,7 +11,8 @@ import torchvision
 
 import dart_core
 from dart_core import DART, build_scorer, partition, patch_timm, resample_pos_embed, sample_patches, standardise
-from dart_core.checkpoint import CheckpointMismatchError, read_checkpoint
+from dart_core.checkpoint import CheckpointMismatchError, read_state_dict
+from dart_core.training import CheckpointError
 
 
 class UniformScorer(nn.Module):
@@ -211,7 +212,7 @@ class Payload:
 def test_checkpoints_that_would_run_code_are_refused(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"model": {}, "payload": Payload()}, path)
-    with pytest.raises(ValueError, match="not a weights-only checkpoint"):
-        read_checkpoint(path)
-    with pytest.raises(FileNotFoundError, match="checkpoint file not found"):
-        read_checkpoint(tmp_path / "missing.pth")
+    with pytest.raises(CheckpointError, match="Payload|builtins.print"):
+        read_state_dict(path)
+    with pytest.raises(CheckpointError, match="does not exist"):
+        read_state_dict(tmp_path / "missing.pth")

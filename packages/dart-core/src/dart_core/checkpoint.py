@@ -1,51 +1,30 @@
-"""Reading checkpoint files safely, and converting the published DART release's checkpoints.
+"""Reading model weights safely, and converting the published DART release's checkpoints.
 
-Files from users never run code: everything is read with ``torch.load(weights_only=True)``. The
-only non-tensor object the published DeiT-style checkpoints legitimately hold is the training
-script's ``argparse.Namespace`` (under ``"args"``); it is allow-listed, nothing else is.
+Files from users never run code: everything is read through
+:func:`dart_core.training.load_checkpoint` (``torch.load(weights_only=True)`` with the project's
+allow-list, which admits only the ``argparse.Namespace`` DeiT-style scripts store under "args").
 """
 
 from __future__ import annotations
 
-import argparse
 import os
-from typing import Any, Mapping, Union
+from typing import Mapping, Union
 
 import torch
 
-PathLike = Union[str, os.PathLike]
+from .training.checkpoint import load_checkpoint
 
-# Types a checkpoint may hold besides tensors and plain containers.
-SAFE_CHECKPOINT_GLOBALS = [argparse.Namespace]
+PathLike = Union[str, os.PathLike]
 
 # Keys under which training scripts nest the weights, in order of preference (the live model
 # before its EMA: the published checkpoints were evaluated from "model").
 STATE_DICT_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema")
 
 
-def read_checkpoint(path: PathLike) -> Any:
-    """Load a checkpoint file without executing code from it.
-
-    Raises:
-        FileNotFoundError: no such file.
-        ValueError: the file holds objects outside the allow-list (it would need code to load).
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"checkpoint file not found: {path}")
-    try:
-        with torch.serialization.safe_globals(SAFE_CHECKPOINT_GLOBALS):
-            return torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # torch raises UnpicklingError (and others) for disallowed globals
-        raise ValueError(
-            f"{path} is not a weights-only checkpoint: it holds objects that would run code on load "
-            f"({error}). Re-save it as a plain state dict of tensors."
-        ) from error
-
-
 def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
     """The model weights in a checkpoint file (unwrapping ``model`` / ``state_dict`` / EMA keys and a
     ``module.`` prefix left by DistributedDataParallel)."""
-    checkpoint = read_checkpoint(path)
+    checkpoint = load_checkpoint(path)
     if isinstance(checkpoint, Mapping):
         for key in STATE_DICT_KEYS:
             if isinstance(checkpoint.get(key), Mapping):

@@ -8,12 +8,15 @@ ends instead of building a dense (new cells × old cells) overlap matrix:
 
     average = (F(b) - F(a)) / normaliser(b - a)
 
-which costs O(n + new cells) and has the same derivatives almost everywhere.
+which costs O(n + new cells) and has the same derivatives almost everywhere. Where both sides
+are tiny (the R new rows of an h-row grid) the dense (K, n) matrix of normalised overlaps is
+cheaper instead: the average is then one matrix product with the signal
+(:func:`overlap_average_weights`).
 """
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -22,19 +25,26 @@ def running_integral_at(values: torch.Tensor, points: torch.Tensor) -> torch.Ten
     """Integral of a piecewise-constant signal from 0 to each point.
 
     Args:
-        values: (B, n, D) the signal on unit cells [i, i + 1].
+        values: (B, n, D) or (1, n, D) the signal on unit cells [i, i + 1]; a batch of 1 is
+            shared by all B rows of ``points`` (its running sum is computed once).
         points: (B, K) positions in [0, n] (clamped to it).
 
     Returns:
         (B, K, D) the integrals.
     """
-    cells = values.shape[1]
+    batch, count = points.shape
+    shared, cells, dim = values.shape
+    if shared not in (1, batch):
+        raise ValueError(f"values has batch {shared}; expected 1 or the points' batch {batch}")
     points = points.to(values.dtype).clamp(0.0, float(cells))
-    totals = torch.nn.functional.pad(values.cumsum(dim=1), (0, 0, 1, 0))  # (B, n + 1, D)
+    totals = torch.nn.functional.pad(values.cumsum(dim=1), (0, 0, 1, 0))  # (B or 1, n + 1, D)
     cell = points.detach().floor().long().clamp(max=cells - 1)
     inside = (points - cell.to(points.dtype)).unsqueeze(-1)
-    index = cell.unsqueeze(-1).expand(-1, -1, values.shape[-1])
-    return totals.gather(1, index) + inside * values.gather(1, index)
+    # Row selects on the flattened (sample, cell) axis: a memcpy of D values per point.
+    sample = torch.arange(batch, device=cell.device)[:, None] if shared > 1 else 0
+    below = totals.reshape(-1, dim).index_select(0, (cell + sample * (cells + 1)).flatten())
+    within = values.reshape(-1, dim).index_select(0, (cell + sample * cells).flatten())
+    return torch.addcmul(below.view(batch, count, dim), inside, within.view(batch, count, dim))
 
 
 def interval_average(
@@ -45,7 +55,7 @@ def interval_average(
     """Overlap-weighted average of a signal over consecutive intervals.
 
     Args:
-        values: (B, n, D) the signal on unit cells.
+        values: (B, n, D) the signal on unit cells (or (1, n, D), shared by the batch).
         edges: (B, K + 1) non-decreasing interval boundaries in cell units.
         normaliser: maps the (B, K) interval widths (the sums of the overlap weights) to the
             denominators, e.g. ``lambda w: w.clamp(min=1e-6)``.
@@ -56,6 +66,26 @@ def interval_average(
     integral = running_integral_at(values, edges)
     widths = (edges[:, 1:] - edges[:, :-1]).to(values.dtype)
     return (integral[:, 1:] - integral[:, :-1]) / normaliser(widths).unsqueeze(-1)
+
+
+def overlap_average_weights(
+    edges: torch.Tensor, cells: int, normaliser: Callable[[torch.Tensor], torch.Tensor]
+) -> torch.Tensor:
+    """The dense matrix of :func:`interval_average`: ``weights @ values`` gives the averages.
+
+    Args:
+        edges: (B, K + 1) non-decreasing interval boundaries in [0, cells].
+        cells: n, the number of unit cells.
+        normaliser: as in :func:`interval_average`.
+
+    Returns:
+        (B, K, n) the overlaps of each interval with the unit cells over the normalised width;
+        differentiable in ``edges``.
+    """
+    lower = torch.arange(cells, device=edges.device, dtype=edges.dtype)
+    starts, ends = edges[:, :-1, None], edges[:, 1:, None]
+    overlap = (torch.minimum(ends, lower + 1) - torch.maximum(starts, lower)).clamp(min=0.0)
+    return overlap / normaliser(ends - starts)
 
 
 def row_overlap_normaliser(widths: torch.Tensor) -> torch.Tensor:

@@ -99,6 +99,23 @@ def score_density(scores: torch.Tensor, on_invalid: InvalidPolicy = "uniform") -
     return pdf.view_as(work)
 
 
+def marginal_edges(pdf: torch.Tensor, dim: int, count: int) -> torch.Tensor:
+    """Equal-mass boundaries of one marginal of a density (step 2).
+
+    Args:
+        pdf: (B, h, w) a normalised density.
+        dim: -1 sums over columns (the row marginal, h bars); -2 sums over rows (w bars, the
+            column marginal of the regular-grid mode, DESIGN.md §3).
+        count: number of pieces.
+
+    Returns:
+        (B, count + 1) boundaries as fractions of the axis, 0 first and 1 last.
+    """
+    marginal = pdf.sum(dim)
+    marginal = marginal / (marginal.sum(-1, keepdim=True) + 1e-8)
+    return density_edges(marginal, count) / marginal.shape[-1]
+
+
 def partition(
     scores: torch.Tensor,
     num_rows: Optional[int] = None,
@@ -122,10 +139,8 @@ def partition(
     pdf = score_density(scores, on_invalid)
     batch, height, width = pdf.shape
 
-    # Step 2: rows from the row marginal.
-    marginal = pdf.sum(-1)
-    marginal = marginal / (marginal.sum(-1, keepdim=True) + 1e-8)
-    row_edges = density_edges(marginal, num_rows)  # (B, R + 1) in old-row units
+    # Step 2: rows from the row marginal, in old-row units.
+    row_edges = marginal_edges(pdf, -1, num_rows) * height  # (B, R + 1)
 
     # Step 3: each new row's density is the overlap-weighted average of the old rows it covers.
     strip = interval_average(pdf, row_edges, row_overlap_normaliser).flatten(1)  # (B, R * w)

@@ -11,7 +11,12 @@ from __future__ import annotations
 
 import torch
 
-from .intervals import interval_average, row_overlap_normaliser, token_overlap_normaliser
+from .intervals import (
+    interval_average,
+    overlap_average_weights,
+    row_overlap_normaliser,
+    token_overlap_normaliser,
+)
 from .partition import Partition
 
 
@@ -29,12 +34,16 @@ def resample_pos_embed(pos_grid: torch.Tensor, partition: Partition) -> torch.Te
     if pos_grid.dim() != 4:
         raise ValueError(f"pos_grid must be (1 or B, h, w, D); got shape {tuple(pos_grid.shape)}")
     batch = partition.row_edges.shape[0]
-    _, height, width, dim = pos_grid.shape
-    grid = pos_grid.expand(batch, -1, -1, -1)
-    work = grid if grid.dtype in (torch.float32, torch.float64) else grid.float()
-    row_edges = partition.row_edges.to(work.dtype) * height
-    rows = interval_average(work.flatten(2), row_edges, row_overlap_normaliser)  # (B, R, w * D)
+    shared, height, width, dim = pos_grid.shape
+    if shared not in (1, batch):
+        raise ValueError(f"pos_grid has batch {shared}; expected 1 or the partition's {batch}")
+    work = pos_grid if pos_grid.dtype in (torch.float32, torch.float64) else pos_grid.float()
+    # Rows: R × h overlap weights are tiny, so one matrix product (a shared table: one GEMM).
+    weights = overlap_average_weights(partition.row_edges * height, height, row_overlap_normaliser).to(work.dtype)
+    table = work.flatten(2)  # (1 or B, h, w * D)
+    rows = weights @ (table[0] if shared == 1 else table)  # (B, R, w * D)
     strip = rows.reshape(batch, -1, dim)  # (B, R * w, D)
+    # Tokens: N × R·w would be large and mostly zero; the running integral is O(R·w + N).
     token_edges = partition.token_edges.to(work.dtype) * width
     return interval_average(strip, token_edges, token_overlap_normaliser).to(pos_grid.dtype)
 

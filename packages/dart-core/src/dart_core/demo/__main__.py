@@ -1,0 +1,92 @@
+"""``python -m dart_core.demo``: fixed grid vs DART on cluttered digits, same tiny ViT, same budget.
+
+Trains both models on CPU, prints a table (accuracy, tokens, FLOPs, images/s), writes
+``results.json`` and partition pictures of test images to ``--out``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from ..training.jsonl import JsonlLogger
+from .data import ClutterConfig, load_digits_split, make_canvases
+from .models import FixedGridClassifier, dart_classifier
+from .pictures import save_partition_pictures
+from .train import Result, evaluate, mflops_per_image, train
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(prog="python -m dart_core.demo", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--out", default="outputs/demo", help="folder for results.json, log.jsonl and pictures")
+    parser.add_argument("--train-size", type=int, default=8000, help="training canvases")
+    parser.add_argument("--test-size", type=int, default=2000, help="test canvases (unseen handwriting)")
+    parser.add_argument("--epochs", type=int, default=12)
+    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--lr", type=float, default=1e-3)
+    parser.add_argument("--tokens", type=int, default=16, help="token budget of both models")
+    parser.add_argument("--patch-size", type=int, default=4)
+    parser.add_argument("--grid", type=int, default=8, help="DART score grid / positional table side")
+    parser.add_argument("--canvas", type=int, default=64)
+    parser.add_argument("--fragments", type=int, default=6, help="distracting digit fragments per canvas")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    return parser.parse_args(argv)
+
+
+def main(argv=None) -> dict:
+    args = parse_args(argv)
+    os.environ.setdefault("TIMM_FUSED_ATTN", "0")  # so FlopCounterMode sees attention
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    side = int(round(args.tokens ** 0.5))
+    if side * side != args.tokens:
+        raise SystemExit(f"--tokens must be a square (the fixed grid is side × side), got {args.tokens}")
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    config = ClutterConfig(canvas=args.canvas, num_fragments=args.fragments)
+    (train_digits, train_labels), (test_digits, test_labels) = load_digits_split(seed=args.seed)
+    train_x, train_y, _ = make_canvases(train_digits, train_labels, args.train_size, config, seed=args.seed + 1)
+    test_x, test_y, _ = make_canvases(test_digits, test_labels, args.test_size, config, seed=args.seed + 2)
+    builders = {
+        "fixed grid": lambda: FixedGridClassifier(args.canvas, side, args.patch_size),
+        "DART": lambda: dart_classifier(args.canvas, args.grid, args.tokens, args.patch_size),
+    }
+    results, models = [], {}
+    log = JsonlLogger(out / "log.jsonl")
+    for name, build in builders.items():
+        torch.manual_seed(args.seed)
+        model = build()
+        seconds = train(model, train_x, train_y, args.epochs, args.batch_size, args.lr, args.seed, desc=name)
+        accuracy, speed = evaluate(model, test_x, test_y)
+        result = Result(name, accuracy, args.tokens, mflops_per_image(model, test_x), speed, seconds)
+        log.log(event="result", **vars(result))
+        results.append(result)
+        models[name] = model
+    print_table(results, args)
+    pictures = save_partition_pictures(models["DART"], test_x[:8], test_y[:8], out)
+    summary = {"args": vars(args), "results": [vars(r) for r in results], "pictures": [str(p) for p in pictures]}
+    (out / "results.json").write_text(json.dumps(summary, indent=2))
+    print(f"pictures: {', '.join(str(p) for p in pictures)}\nresults: {out / 'results.json'}")
+    return summary
+
+
+def print_table(results: list[Result], args: argparse.Namespace) -> None:
+    print(f"\ncluttered digits: {args.canvas}x{args.canvas} canvas, {args.fragments} fragments, "
+          f"{args.train_size} train / {args.test_size} test canvases, {args.epochs} epochs")
+    header = f"{'model':<12} {'top-1':>7} {'tokens':>7} {'MFLOPs':>8} {'images/s':>9} {'train s':>8}"
+    print(header + "\n" + "-" * len(header))
+    for r in results:
+        print(f"{r.name:<12} {100 * r.accuracy:>6.1f}% {r.tokens:>7d} {r.mflops:>8.2f} {r.images_per_s:>9.0f} "
+              f"{r.train_s:>8.0f}")
+    sys.stdout.flush()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,71 @@
+"""The two tiny ViTs of the demo: a fixed grid and DART, same architecture and token budget."""
+
+from __future__ import annotations
+
+import timm
+import torch
+import torch.nn as nn
+
+from ..models import patch_timm
+from ..scorers import Scorer, build_scorer
+
+EMBED_DIM, DEPTH, HEADS = 64, 4, 4
+
+
+def tiny_vit(img_size: int, patch_size: int, num_classes: int = 10) -> nn.Module:
+    return timm.create_model(
+        "vit_tiny_patch16_224", img_size=img_size, patch_size=patch_size, in_chans=1, num_classes=num_classes,
+        embed_dim=EMBED_DIM, depth=DEPTH, num_heads=HEADS, class_token=False, global_pool="avg",
+    )
+
+
+def small_cnn(channels: int = 32, stages: int = 3) -> nn.Sequential:
+    """``stages`` stride-2 convolutions: (B, 1, S, S) → (B, channels, S/2^stages, S/2^stages)."""
+    layers, width = [], 1
+    for out in (16,) + (channels,) * (stages - 1):
+        layers += [nn.Conv2d(width, out, 3, stride=2, padding=1), nn.BatchNorm2d(out), nn.GELU()]
+        width = out
+    return nn.Sequential(*layers)
+
+
+class FixedGridClassifier(nn.Module):
+    """The baseline: the canvas area-downsampled so that a plain ViT gets the same token budget."""
+
+    def __init__(self, canvas: int, tokens_per_side: int, patch_size: int):
+        super().__init__()
+        self.size = tokens_per_side * patch_size
+        self.vit = tiny_vit(self.size, patch_size)
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.vit(nn.functional.interpolate(images, size=(self.size, self.size), mode="area"))
+
+
+class GrayToImageNet(nn.Module):
+    """(B, 1, H, W) intensities in [0, 1] → (B, 3, H, W) as EfficientNet-Lite0 expects ((x - 0.5) / 0.5)."""
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return (images * 2 - 1).expand(-1, 3, -1, -1)
+
+
+def lite0_scorer(grid: int) -> Scorer:
+    """The paper's setting: a frozen ImageNet CNN (EfficientNet-Lite0, real weights shipped in a pip
+    package; its stride-8 stage) and a trainable v1 head."""
+    scorer = build_scorer("tf_efficientnet_lite0", "v1", grid_size=(grid, grid), weights="packaged", stage=2)
+    scorer.backbone = nn.Sequential(GrayToImageNet(), scorer.backbone)
+    return scorer
+
+
+def cnn_scorer(grid: int) -> Scorer:
+    """A small CNN scorer trained from scratch with the head."""
+    return Scorer(small_cnn(), 32, grid_size=(grid, grid), version="v1", freeze_backbone=False)
+
+
+SCORERS = {"lite0": lite0_scorer, "cnn": cnn_scorer}
+
+
+def dart_classifier(canvas: int, grid: int, num_tokens: int, patch_size: int, scorer: str = "lite0") -> nn.Module:
+    """A tiny ViT whose h×w grid (and positional table) is ``grid``², fed the full canvas
+    (``sample_scale = canvas / (grid·P)``), with a scorer trained end to end through the partition."""
+    scale = canvas // (grid * patch_size)
+    vit = tiny_vit(grid * patch_size, patch_size)
+    return patch_timm(vit, num_tokens=num_tokens, sample_scale=scale, scorer=SCORERS[scorer](grid))

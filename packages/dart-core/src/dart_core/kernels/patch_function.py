@@ -1,0 +1,166 @@
+"""The fused patch sampler as an autograd Function on two custom operators, with its backend dispatch.
+
+``sample_strip_patches`` takes sample positions (differentiable) and returns patches; the
+positions are split once into integer taps and float fractions here, so both backends see the
+same integers and the gradients to the fractions flow back to the positions through autograd.
+CUDA tensors go to the Triton kernels, everything else to the vectorised PyTorch path. Neither
+path syncs with the host in the forward.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from typing import Literal
+
+import torch
+from torch.autograd.function import once_differentiable
+
+from . import patch_torch
+
+Backend = Literal["auto", "torch", "triton"]
+
+
+def triton_available() -> bool:
+    """Whether Triton can be imported."""
+    return importlib.util.find_spec("triton") is not None
+
+
+def triton_interpreted() -> bool:
+    """Whether Triton kernels run in the CPU interpreter (``TRITON_INTERPRET=1``)."""
+    return os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+
+
+def _triton_module():
+    from . import patch_triton
+
+    return patch_triton
+
+
+def use_triton(device: torch.device, backend: Backend) -> bool:
+    """Resolve a backend name for tensors on ``device`` (raises when the request cannot run)."""
+    if backend == "torch":
+        return False
+    if backend == "auto":
+        return device.type == "cuda" and triton_available()
+    if backend != "triton":
+        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
+    if not triton_available():
+        raise RuntimeError("backend='triton' needs the triton package (pip install triton)")
+    if device.type != "cuda" and not triton_interpreted():
+        raise RuntimeError(
+            f"backend='triton' needs CUDA tensors (got {device.type}); set TRITON_INTERPRET=1 before "
+            "importing the kernels to run them on the CPU interpreter, or use backend='torch'"
+        )
+    return True
+
+
+def _impl(triton: bool):
+    """The module with ``patch_sample_forward`` / ``patch_sample_backward`` for a backend."""
+    return _triton_module() if triton else patch_torch
+
+
+# The two passes are registered as custom operators so that torch.compile treats them as opaque
+# kernels (its functionalisation would otherwise rewrite the PyTorch path's work-buffer reuse).
+@torch.library.custom_op("dart_core::patch_sample", mutates_args=())
+def patch_sample_op(
+    images: torch.Tensor, line_top: torch.Tensor, line_frac: torch.Tensor, sample_left: torch.Tensor,
+    sample_frac: torch.Tensor, triton: bool,
+) -> torch.Tensor:
+    """(B, C, H, W) images and taps → (B, N, C, P, P) patches (see :mod:`.patch_torch`)."""
+    return _impl(triton).patch_sample_forward(images, line_top, line_frac, sample_left, sample_frac)
+
+
+@patch_sample_op.register_fake
+def _(images, line_top, line_frac, sample_left, sample_frac, triton):
+    lines = line_top.shape[2]
+    return images.new_empty(images.shape[0], sample_left.shape[1] // lines, images.shape[1], lines, lines)
+
+
+@torch.library.custom_op("dart_core::patch_sample_backward", mutates_args=())
+def patch_sample_backward_op(
+    grad_patches: torch.Tensor, images: torch.Tensor, line_top: torch.Tensor, line_frac: torch.Tensor,
+    sample_left: torch.Tensor, sample_frac: torch.Tensor, triton: bool, need_images: bool,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Gradients to (images, line_frac, sample_frac); the image gradient is empty unless requested."""
+    grad_images, grad_line, grad_sample = _impl(triton).patch_sample_backward(
+        grad_patches, images, line_top, line_frac, sample_left, sample_frac, need_images
+    )
+    return (images.new_empty(0) if grad_images is None else grad_images), grad_line, grad_sample
+
+
+@patch_sample_backward_op.register_fake
+def _(grad_patches, images, line_top, line_frac, sample_left, sample_frac, triton, need_images):
+    grad_images = torch.empty_like(images) if need_images else images.new_empty(0)
+    return grad_images, torch.empty_like(line_frac), torch.empty_like(sample_frac)
+
+
+class PatchSample(torch.autograd.Function):
+    """(images, line taps, line fractions, sample taps, sample fractions) → (B, N, C, P, P).
+
+    Differentiable in ``images``, ``line_frac`` and ``sample_frac``; the integer taps are not.
+    """
+
+    @staticmethod
+    def forward(ctx, images, line_top, line_frac, sample_left, sample_frac, triton):
+        ctx.triton = triton
+        ctx.save_for_backward(images, line_top, line_frac, sample_left, sample_frac)
+        return patch_sample_op(images, line_top, line_frac, sample_left, sample_frac, triton)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_patches):
+        images, line_top, line_frac, sample_left, sample_frac = ctx.saved_tensors
+        need_images = ctx.needs_input_grad[0]
+        grad_images, grad_line, grad_sample = patch_sample_backward_op(
+            grad_patches.contiguous(), images, line_top, line_frac, sample_left, sample_frac, ctx.triton, need_images
+        )
+        return (grad_images if need_images else None), None, grad_line, None, grad_sample, None
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """Interpolation weights and accumulators: float64 for float64 images, else float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def sample_strip_patches(
+    images: torch.Tensor, line_y: torch.Tensor, sample_x: torch.Tensor, backend: Backend = "auto"
+) -> torch.Tensor:
+    """Sample P×P patches at the given line heights and strip positions (DESIGN.md §1 step 6).
+
+    Args:
+        images: (B, C, H, W), any float dtype.
+        line_y: (B, R, P) heights of the P lines of each row, pixel-index coordinates; clamped to
+            [0, H - 1] (border padding).
+        sample_x: (B, N, P) positions on the strip of the R rows laid side by side (S = R·W
+            columns, pixel-index coordinates); columns outside [0, S) read as zero.
+        backend: ``"auto"`` (Triton for CUDA tensors, PyTorch otherwise), ``"torch"`` or
+            ``"triton"``.
+
+    Returns:
+        (B, N, C, P, P) patches in the images' dtype, ``[b, n, c, k, t]`` = line k, sample t;
+        differentiable in ``images``, ``line_y`` and ``sample_x``.
+    """
+    if images.dim() != 4 or line_y.dim() != 3 or sample_x.dim() != 3:
+        raise ValueError(
+            f"expected images (B, C, H, W), line_y (B, R, P), sample_x (B, N, P); got shapes "
+            f"{tuple(images.shape)}, {tuple(line_y.shape)}, {tuple(sample_x.shape)}"
+        )
+    if not (line_y.shape[0] == sample_x.shape[0] == images.shape[0]) or line_y.shape[2] != sample_x.shape[2]:
+        raise ValueError(
+            f"batch sizes and patch sizes must agree: images {tuple(images.shape)}, line_y "
+            f"{tuple(line_y.shape)}, sample_x {tuple(sample_x.shape)}"
+        )
+    triton = use_triton(images.device, backend)
+    height = images.shape[2]
+    dtype = compute_dtype(images.dtype)
+    y = line_y.clamp(0.0, float(height - 1))
+    line_top = y.detach().floor().long()
+    line_frac = (y - line_top.to(y.dtype)).to(dtype)
+    x = sample_x.flatten(1)
+    sample_left = x.detach().floor().long()
+    sample_frac = (x - sample_left.to(x.dtype)).to(dtype)
+    return PatchSample.apply(
+        images.contiguous(), line_top.contiguous(), line_frac.contiguous(), sample_left, sample_frac.contiguous(),
+        triton,
+    )

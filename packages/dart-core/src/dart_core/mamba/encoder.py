@@ -1,0 +1,92 @@
+"""A stack of bidirectional Mamba blocks, laid out like the Vim and VideoMamba releases.
+
+Keys: ``layers.{i}.mixer.*`` (:class:`~dart_core.mamba.mixer.BiMamba`), ``layers.{i}.norm.weight``
+(RMSNorm) and ``norm_f.weight``. Each block is "add → norm → mixer" and hands its mixer output and
+the running residual to the next block; the first block adds nothing, the final norm adds the
+last block's output. Stochastic depth (``DropPath``) drops a block's output before it is added,
+with the releases' schedule: block i gets rate ``[0, linspace(0, p, depth)][i]`` and the final
+add gets ``p``.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn as nn
+from timm.layers import DropPath, trunc_normal_
+
+from .mixer import BiMamba
+
+
+def norm_layer(dim: int, rms_norm: bool, eps: float) -> nn.Module:
+    return nn.RMSNorm(dim, eps=eps) if rms_norm else nn.LayerNorm(dim, eps=eps)
+
+
+class MambaBlock(nn.Module):
+    """``residual += drop_path(hidden)``; ``hidden = mixer(norm(residual))``."""
+
+    def __init__(self, dim: int, mixer: BiMamba, rms_norm: bool = True, eps: float = 1e-5,
+                 drop_path: float = 0.0, residual_in_fp32: bool = True):
+        super().__init__()
+        self.mixer = mixer
+        self.norm = norm_layer(dim, rms_norm, eps)
+        self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
+        self.residual_in_fp32 = residual_in_fp32
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, D) mixer output of the previous block (or the tokens) and the residual (None for
+        the first block) → this block's (mixer output, residual)."""
+        residual = hidden if residual is None else residual + self.drop_path(hidden)
+        if self.residual_in_fp32:
+            residual = residual.to(torch.promote_types(residual.dtype, torch.float32))
+        hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)))
+        return hidden, residual
+
+
+class MambaEncoder(nn.Module):
+    """``depth`` bidirectional Mamba blocks and the final norm.
+
+    Args:
+        embed_dim: D.
+        depth: number of blocks.
+        drop_path_rate: stochastic depth p.
+        rms_norm: RMSNorm (True, both releases) or LayerNorm.
+        norm_eps: norm epsilon.
+        residual_in_fp32: keep the residual stream in float32 under autocast.
+        mixer_kwargs: passed to :class:`BiMamba` (``divide_out=True`` for Vim v2, False for
+            VideoMamba; ``d_state``, ``expand``, ``chunk_size`` …).
+    """
+
+    def __init__(self, embed_dim: int, depth: int, drop_path_rate: float = 0.0, rms_norm: bool = True,
+                 norm_eps: float = 1e-5, residual_in_fp32: bool = True, **mixer_kwargs):
+        super().__init__()
+        rates = [0.0] + [drop_path_rate * i / max(depth - 1, 1) for i in range(depth)]
+        self.layers = nn.ModuleList(
+            MambaBlock(embed_dim, BiMamba(embed_dim, **mixer_kwargs), rms_norm, norm_eps, rates[i], residual_in_fp32)
+            for i in range(depth)
+        )
+        self.norm_f = norm_layer(embed_dim, rms_norm, norm_eps)
+        self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.apply(self._init_linear)
+        for layer in self.layers:  # GPT-2 style: scale residual-branch outputs by 1/sqrt(depth)
+            nn.init.kaiming_uniform_(layer.mixer.out_proj.weight, a=math.sqrt(5))
+            with torch.no_grad():
+                layer.mixer.out_proj.weight /= math.sqrt(depth)
+
+    @staticmethod
+    def _init_linear(module: nn.Module) -> None:
+        """Linear weights ~ trunc_normal(0.02), biases 0; the Δ projections keep their own init
+        (the releases' generic init also reset those, zeroing the Δ bias; we keep Mamba's)."""
+        if isinstance(module, nn.Linear) and not hasattr(module.bias, "_no_reinit"):
+            trunc_normal_(module.weight, std=0.02)
+            if module.bias is not None:
+                nn.init.zeros_(module.bias)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) tokens → (B, L, D) normalised features."""
+        hidden, residual = tokens, None
+        for layer in self.layers:
+            hidden, residual = layer(hidden, residual)
+        residual = residual + self.drop_path(hidden)
+        return self.norm_f(residual.to(self.norm_f.weight.dtype))

@@ -1,0 +1,41 @@
+"""Shared training utilities: atomic/safe checkpoints, RNG state capture for exact resume,
+resumable seeded data order, JSON-lines logs, torchrun setup and FLOP counting."""
+
+from .checkpoint import SAFE_GLOBALS, CheckpointError, load_checkpoint, save_checkpoint
+from .data import EpochSampler, SeededDataset, sample_seed
+from .distributed import (
+    DistContext,
+    all_gather_objects,
+    all_reduce_sum,
+    init_distributed,
+    seed_rank,
+    teardown_distributed,
+)
+from .flops import count_flops, count_params, unfused_attention
+from .jsonl import JsonlLogger, read_jsonl
+from .rng import capture_rng_state, restore_rng_state, seed_everything, seeded_rng
+
+__all__ = [
+    "SAFE_GLOBALS",
+    "CheckpointError",
+    "DistContext",
+    "EpochSampler",
+    "JsonlLogger",
+    "SeededDataset",
+    "all_gather_objects",
+    "all_reduce_sum",
+    "capture_rng_state",
+    "count_flops",
+    "count_params",
+    "init_distributed",
+    "load_checkpoint",
+    "read_jsonl",
+    "restore_rng_state",
+    "sample_seed",
+    "save_checkpoint",
+    "seed_everything",
+    "seed_rank",
+    "seeded_rng",
+    "teardown_distributed",
+    "unfused_attention",
+]

@@ -1,0 +1,135 @@
+"""COCO-format detection data.
+
+Samples are ``dict(inputs=(3, H, W) uint8, data_samples=dict(gt_boxes=(M, 4) float32 xyxy,
+gt_labels=(M,) int64, img_id, img_path, img_shape=(H, W)))`` at the image's own size.
+
+Handling of imperfect annotations (nothing is dropped silently):
+
+* Labels are the categories' positions in ``sorted(category ids)`` (:func:`coco_category_ids`;
+  the metric maps them back the same way).
+* A box that sticks out of its image is clipped to the image (COCO boxes often overshoot by
+  rounding). A box with no area inside the image, or with a non-positive width or height, raises
+  a ValueError naming the annotation (``invalid_boxes="raise"``, the default), or is skipped
+  with a logged warning naming each skipped annotation (``invalid_boxes="skip"``). All
+  annotations are checked when the dataset is built, before any training starts.
+* Crowd annotations (``iscrowd=1``) are not training targets; COCO evaluation (which reads the
+  annotation file) treats them as "ignore" regions, as usual.
+* Images without annotations are kept as negatives.
+"""
+
+from __future__ import annotations
+
+import json
+import os.path as osp
+from typing import Literal
+
+import torch
+from mmengine.logging import print_log
+from mmengine.registry import DATASETS
+from pycocotools.coco import COCO
+from torch.utils.data import Dataset
+
+from .seg_data import read_rgb
+
+
+def load_coco(ann_file: str) -> COCO:
+    """Read a COCO annotation file, with clear errors for a missing, empty or image-less file."""
+    if not osp.isfile(ann_file):
+        raise FileNotFoundError(f"annotation file {ann_file} does not exist")
+    with open(ann_file) as handle:
+        text = handle.read()
+    if not text.strip():
+        raise ValueError(f"annotation file {ann_file} is empty; expected COCO json with images/annotations/categories")
+    content = json.loads(text)
+    for key in ("images", "categories"):
+        if not content.get(key):
+            raise ValueError(f"annotation file {ann_file} has no '{key}'; a COCO detection file needs both "
+                             "'images' and 'categories' (and 'annotations', possibly empty)")
+    content.setdefault("annotations", [])
+    coco = COCO()
+    coco.dataset = content
+    coco.createIndex()
+    return coco
+
+
+def coco_category_ids(coco: COCO) -> list[int]:
+    """Category ids in label order: label i is category ``coco_category_ids(coco)[i]``."""
+    return sorted(coco.getCatIds())
+
+
+InvalidBoxes = Literal["raise", "skip"]
+
+
+def image_boxes(
+    coco: COCO, image: dict, label_of: dict, invalid_boxes: InvalidBoxes = "raise"
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The non-crowd boxes of one image as ((M, 4) xyxy clipped to the image, (M,) labels)."""
+    width, height = image["width"], image["height"]
+    boxes, labels = [], []
+    for ann in coco.loadAnns(coco.getAnnIds(imgIds=[image["id"]])):
+        if ann.get("iscrowd", 0):
+            continue
+        x, y, w, h = ann["bbox"]
+        x0, y0, x1, y1 = max(x, 0.0), max(y, 0.0), min(x + w, width), min(y + h, height)
+        if w <= 0 or h <= 0 or x1 <= x0 or y1 <= y0:
+            problem = (f"annotation {ann['id']} of image {image['id']} ({image['file_name']}, {width}×{height}) has "
+                       f"bbox {ann['bbox']} with no area inside the image")
+            if invalid_boxes == "skip":
+                print_log(f"skipping {problem}", logger="current", level=30)
+                continue
+            raise ValueError(f"{problem}; fix or remove it from the annotation file, or pass invalid_boxes='skip'")
+        if ann["category_id"] not in label_of:
+            raise ValueError(f"annotation {ann['id']} has category_id {ann['category_id']} not in 'categories'")
+        boxes.append([x0, y0, x1, y1])
+        labels.append(label_of[ann["category_id"]])
+    return torch.tensor(boxes, dtype=torch.float32).view(-1, 4), torch.tensor(labels, dtype=torch.int64)
+
+
+@DATASETS.register_module()
+class CocoDetDataset(Dataset):
+    """Images and boxes from a COCO-format annotation file.
+
+    Args:
+        ann_file: the COCO json.
+        img_dir: the folder the images' ``file_name`` are relative to.
+        flip_prob: probability of a horizontal flip (training augmentation).
+        invalid_boxes: "raise" or "skip" (with a warning) for boxes with no area in their image.
+
+    Raises (naming the file or annotation): a missing or empty annotation file, no images or
+    categories, an image whose file size differs from its ``width``/``height``, a box with no area
+    inside its image, an unknown category.
+    """
+
+    def __init__(self, ann_file: str, img_dir: str, flip_prob: float = 0.0, invalid_boxes: InvalidBoxes = "raise"):
+        if invalid_boxes not in ("raise", "skip"):
+            raise ValueError(f"invalid_boxes must be 'raise' or 'skip', got {invalid_boxes!r}")
+        self.coco = load_coco(ann_file)
+        self.ann_file = ann_file
+        self.img_dir = img_dir
+        self.flip_prob = flip_prob
+        self.cat_ids = coco_category_ids(self.coco)
+        self.label_of = {cat: label for label, cat in enumerate(self.cat_ids)}
+        self.images = [self.coco.imgs[i] for i in sorted(self.coco.getImgIds())]
+        self.targets = [image_boxes(self.coco, image, self.label_of, invalid_boxes) for image in self.images]
+        names = tuple(self.coco.cats[c]["name"] for c in self.cat_ids)
+        self.metainfo = dict(classes=names)
+
+    def __len__(self) -> int:
+        return len(self.images)
+
+    def __getitem__(self, index: int) -> dict:
+        image = self.images[index]
+        path = osp.join(self.img_dir, image["file_name"])
+        pixels = read_rgb(path)
+        if tuple(pixels.shape[1:]) != (image["height"], image["width"]):
+            raise ValueError(
+                f"image {path} is {pixels.shape[2]}×{pixels.shape[1]} but {self.ann_file} says "
+                f"{image['width']}×{image['height']}"
+            )
+        boxes, labels = self.targets[index]
+        if self.flip_prob > 0 and torch.rand(()) < self.flip_prob:
+            pixels = pixels.flip(-1)
+            boxes = torch.stack([image["width"] - boxes[:, 2], boxes[:, 1], image["width"] - boxes[:, 0], boxes[:, 3]], 1)
+        sample = dict(gt_boxes=boxes, gt_labels=labels, img_id=image["id"], img_path=path,
+                      img_shape=(image["height"], image["width"]))
+        return dict(inputs=pixels, data_samples=sample)

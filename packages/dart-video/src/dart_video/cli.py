@@ -1,0 +1,224 @@
+"""The ``dart-video`` command (also ``python -m dart_video``).
+
+* ``dart-video train --data ROOT --out DIR [--config videomamba_tiny_dart_ssv2_8f] [--FLAG VALUE ...]``:
+  train a VideoMamba (+ DART) model on SSv2 (``--format ssv2``, the official layout) or on
+  ``path label`` list files (``--format list --train-list F --val-list F``). Settings come from
+  :mod:`dart_video.recipes` (defaults < preset or YAML < flags). Progress bars, JSON lines in
+  ``DIR/log.jsonl``, atomic ``DIR/last.pth`` (every ``--ckpt-interval`` steps and epoch) and
+  ``DIR/best.pth``; ``--resume auto`` (or a path) continues exactly. Several processes:
+  ``torchrun --nproc_per_node=8 -m dart_video train ...`` (DDP; gloo on the CPU).
+* ``dart-video eval --data ROOT --checkpoint CKPT``: top-1 / top-5 accuracy, parameters, FLOPs
+  and clips/s as one JSON line (the model settings default to those stored in one of our
+  checkpoints).
+* ``dart-video visualize VIDEO --out PNG``: the tall-frame partition of one clip.
+
+Model weights load from local files only (``--init`` for VideoMamba-layout or image checkpoints,
+``--checkpoint`` for ours). Messages go to stderr; exit status 0 on success, 1 on an error.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import random
+import sys
+from collections.abc import Iterator, Sequence
+
+import torch
+from dart_core.checkpoint import CheckpointMismatchError, read_state_dict
+from dart_core.training import (
+    DistContext,
+    EpochSampler,
+    count_flops,
+    count_params,
+    init_distributed,
+    load_checkpoint,
+    seed_everything,
+    teardown_distributed,
+)
+from dart_core.visualize import partition_overview, save_png
+
+from . import data
+from .checkpoint import load_video_checkpoint
+from .engine import CHECKPOINT_FORMAT, TrainingError, build_model, clip_dataset, evaluate, fit, make_loader
+from .recipes import ConfigError, TrainConfig, add_config_flags, config_from_args
+from .tokenizer import VideoDART, frames_to_tall
+
+
+class CommandError(Exception):
+    """A user error: the message says what is wrong and how to fix it."""
+
+
+def log(message: str) -> None:
+    print(f"dart-video: {message}", file=sys.stderr, flush=True)
+
+
+def load_samples(root: str, config: TrainConfig, split: str) -> tuple[list[data.VideoSample], list[str]]:
+    """Samples of ``split`` ("train" or "validation") and the class names."""
+    if not os.path.isdir(root):
+        raise CommandError(f"data folder not found: {root}")
+    if config.format == "ssv2":
+        try:
+            return data.read_ssv2(root, split)
+        except (FileNotFoundError, ValueError) as error:
+            raise CommandError(str(error)) from error
+    list_file = config.train_list if split == "train" else config.val_list
+    if not list_file or not os.path.isfile(list_file):
+        raise CommandError(f"--format list needs an existing --{'train' if split == 'train' else 'val'}-list file")
+    samples = data.read_list_file(list_file, root)
+    count = config.num_classes or max(s.label for s in samples) + 1
+    return samples, [str(i) for i in range(count)]
+
+
+def stored_config(path: str | None) -> dict:
+    """The config stored in one of our training checkpoints ({} for other files)."""
+    if not path or not os.path.isfile(path):
+        return {}
+    ckpt = load_checkpoint(path)
+    return ckpt["config"] if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT else {}
+
+
+@contextlib.contextmanager
+def session(config: TrainConfig) -> Iterator[DistContext]:
+    """Threads, determinism and the process group for one command; the process group is left
+    (waiting for the other ranks only on success) and determinism restored afterwards."""
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if config.threads:
+        torch.set_num_threads(config.threads)
+    if config.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    try:
+        ctx = init_distributed(config.device)
+    except (ValueError, RuntimeError) as error:
+        torch.use_deterministic_algorithms(was_deterministic)
+        raise CommandError(str(error)) from error
+    ok = False
+    try:
+        yield ctx
+        ok = True
+    finally:
+        teardown_distributed(wait=ok)
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def train(args: argparse.Namespace) -> dict:
+    config = config_from_args(args)
+    with session(config) as ctx:
+        seed_everything(config.seed)  # the same initial weights on every rank
+        train_samples, classes = load_samples(args.data, config, "train")
+        val_samples, val_classes = load_samples(args.data, config, "validation")
+        if config.format == "ssv2" and classes != val_classes:
+            raise CommandError("train and validation read different labels.json classes")
+        model = build_model(config, len(classes)).to(ctx.device)
+        os.makedirs(args.out, exist_ok=True)
+        return fit(config, ctx, model, train_samples, val_samples, classes, args.out, resume=args.resume,
+                   kill_at_step=args.debug_kill_at_step)
+
+
+def model_stats(model: torch.nn.Module, config: TrainConfig, device: torch.device) -> dict:
+    """Parameters and forward GFLOPs per clip (a DART scorer included)."""
+    clip = torch.zeros(1, 3, config.num_frames, config.img_size, config.img_size, device=device)
+    if isinstance(model.patch_embed, VideoDART):
+        tokens = model.patch_embed.num_tokens
+    else:
+        tokens = config.num_frames * model.patch_embed.frame_grid_size[0] * model.patch_embed.frame_grid_size[1]
+    return {"params": count_params(model), "gflops": count_flops(model, clip) / 1e9, "tokens": int(tokens)}
+
+
+def eval_command(args: argparse.Namespace) -> dict:
+    try:
+        config = config_from_args(args, base=stored_config(args.checkpoint))
+    except (OSError, RuntimeError) as error:  # an unreadable checkpoint
+        raise CommandError(str(error)) from error
+    with session(config) as ctx:
+        samples, classes = load_samples(args.data, config, args.split)
+        model = build_model(config, len(classes)).to(ctx.device)
+        if args.checkpoint:
+            try:
+                load_video_checkpoint(model, args.checkpoint)
+            except (FileNotFoundError, ValueError, CheckpointMismatchError) as error:
+                raise CommandError(str(error)) from error
+        dataset = clip_dataset(samples, config, train=False)
+        sampler = EpochSampler(len(dataset), ctx.rank, ctx.world_size, shuffle=False, pad=False, seed=config.seed)
+        loader = make_loader(dataset, sampler, config.eval_batch_size or config.batch_size, config, ctx, False)
+        result = {**evaluate(model, loader, config, ctx), **model_stats(model, config, ctx.device),
+                  "model": config.model, "checkpoint": args.checkpoint}
+        if ctx.is_main:
+            print(json.dumps(result), flush=True)
+        return result
+
+
+def visualize(args: argparse.Namespace) -> dict:
+    config = config_from_args(args, base=stored_config(args.checkpoint))
+    if args.checkpoint and not os.path.isfile(args.checkpoint):
+        raise CommandError(f"checkpoint not found: {args.checkpoint}")
+    try:
+        frames = data.read_frames(args.video, config.num_frames, False, random.Random(0))
+    except data.VideoDecodeError as error:
+        raise CommandError(str(error)) from error
+    clip = data.clip_transform(frames, config.img_size, False, random.Random(0)).unsqueeze(0)
+    num_classes = config.num_classes or 174
+    if args.checkpoint:
+        head = read_state_dict(args.checkpoint).get("head.weight")
+        num_classes = num_classes if head is None else head.shape[0]
+    model = build_model(config, num_classes).eval()
+    if not isinstance(model.patch_embed, VideoDART):
+        raise CommandError(f"model {config.model!r} has no DART tokenizer; pick a *_dart_* model")
+    if args.checkpoint:
+        load_video_checkpoint(model, args.checkpoint)
+    with torch.no_grad():
+        details = model.patch_embed(clip, return_details=True)
+    picture = partition_overview(frames_to_tall(clip), details.partition, scores=details.scores,
+                                 mean=data.IMAGENET_MEAN, std=data.IMAGENET_STD)
+    out = args.out or os.path.splitext(os.path.basename(args.video))[0] + "_dart.png"
+    save_png(picture, out)
+    log(f"{details.partition.num_tokens} tokens in {details.partition.num_rows} rows over {config.num_frames} "
+        f"frames; wrote {out}")
+    return {"out": out}
+
+
+def parser() -> argparse.ArgumentParser:
+    main_parser = argparse.ArgumentParser(prog="dart-video", description="DART for video: train, evaluate, visualize")
+    commands = main_parser.add_subparsers(dest="command", required=True)
+    fit_cmd = commands.add_parser("train", help="train a VideoMamba (+ DART) classifier")
+    fit_cmd.add_argument("--data", required=True, help="SSv2 root, or the folder list-file paths are relative to")
+    fit_cmd.add_argument("--out", required=True, help="output folder (log.jsonl, last.pth, best.pth)")
+    fit_cmd.add_argument("--resume", help="continue from a last.pth written by this command, or 'auto'")
+    fit_cmd.add_argument("--debug-kill-at-step", type=int, help=argparse.SUPPRESS)
+    add_config_flags(fit_cmd)
+    fit_cmd.set_defaults(run=train)
+    test = commands.add_parser("eval", help="top-1 / top-5 accuracy, FLOPs and speed of a checkpoint")
+    test.add_argument("--data", required=True, help="SSv2 root, or the folder list-file paths are relative to")
+    test.add_argument("--checkpoint", help="weights to evaluate (ours or VideoMamba-layout)")
+    test.add_argument("--split", choices=("train", "validation"), default="validation")
+    add_config_flags(test)
+    test.set_defaults(run=eval_command)
+    show = commands.add_parser("visualize", help="draw the tall-frame partition of one clip")
+    show.add_argument("video", metavar="VIDEO", help="a video file")
+    show.add_argument("--checkpoint", help="one of our checkpoints (without it the scorer is random)")
+    show.add_argument("--out", help="output PNG (default: VIDEO's name + _dart.png)")
+    add_config_flags(show)
+    show.set_defaults(run=visualize)
+    return main_parser
+
+
+def run(argv: Sequence[str] | None = None) -> dict:
+    """Run a command and return its result; user errors raise :class:`CommandError`."""
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args)
+    except (ConfigError, TrainingError) as error:
+        raise CommandError(str(error)) from error
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run the command line; returns the exit status."""
+    try:
+        run(argv)
+    except CommandError as error:
+        log(f"error: {error}")
+        return 1
+    return 0

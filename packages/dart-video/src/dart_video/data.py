@@ -1,0 +1,292 @@
+"""Video classification data: Something-Something V2 and ``path label`` list files.
+
+Layouts:
+
+* SSv2 (the official release): ``ROOT/labels.json`` maps class names to indices (``{"Pushing
+  something from left to right": "94", ...}``); ``ROOT/train.json`` / ``ROOT/validation.json``
+  list ``{"id": "78687", "template": "Holding [something] next to [something]", ...}``; videos
+  are ``ROOT/<videos dir>/<id>.webm`` (``20bn-something-something-v2`` or ``videos``). A clip's
+  class is its template without the brackets.
+* List files (VideoMamba / UniFormer style): one ``relative/path.webm LABEL`` per line (the path
+  may contain spaces; the label is the last field), paths relative to a root folder.
+
+Clips are T frames by segment sampling (the video is cut into T equal segments; training takes a
+random frame of each, evaluation the middle one), resized on the short side, cropped (random
+scale crop in training, centre crop in evaluation) and normalised. There is **no horizontal
+flip**: SSv2 labels such as "left to right" depend on direction. A video that cannot be decoded
+is replaced by another one of the split (a warning names it); after ``max_retries`` failures in a
+row the dataset raises.
+
+Decoding uses decord (``decord2``) when importable and PyAV otherwise (or when decord fails);
+:class:`FrameCache` keeps decoded videos in memory for small data sets.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import warnings
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from dart_core.training import seeded_rng
+from torch.utils.data import Dataset
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+SSV2_VIDEO_DIRS = ("20bn-something-something-v2", "videos")
+SSV2_SPLITS = {"train": "train.json", "validation": "validation.json", "val": "validation.json"}
+
+
+class VideoDecodeError(RuntimeError):
+    """A video file could not be decoded by any available reader."""
+
+
+@dataclass(frozen=True)
+class VideoSample:
+    path: str
+    label: int
+
+
+# ---------------------------------------------------------------------------------------------
+# Annotations
+
+
+def ssv2_class_name(template: str) -> str:
+    """The SSv2 class of a clip: its template without the placeholder brackets."""
+    return template.replace("[", "").replace("]", "")
+
+
+def read_ssv2(root: str, split: str) -> tuple[list[VideoSample], list[str]]:
+    """SSv2 samples of a split ("train" or "validation") and the class names by index."""
+    if split not in SSV2_SPLITS:
+        raise ValueError(f"unknown SSv2 split {split!r}: use one of {sorted(SSV2_SPLITS)}")
+    labels_path, split_path = os.path.join(root, "labels.json"), os.path.join(root, SSV2_SPLITS[split])
+    for path in (labels_path, split_path):
+        if not os.path.isfile(path):
+            raise FileNotFoundError(
+                f"{path} not found: an SSv2 root holds labels.json, train.json, validation.json and the videos folder"
+            )
+    with open(labels_path, encoding="utf-8") as f:
+        labels = {name: int(index) for name, index in json.load(f).items()}
+    names = [""] * len(labels)
+    for name, index in labels.items():
+        names[index] = name
+    video_dir = next((os.path.join(root, d) for d in SSV2_VIDEO_DIRS if os.path.isdir(os.path.join(root, d))), None)
+    if video_dir is None:
+        raise FileNotFoundError(f"no videos folder in {root}: expected one of {list(SSV2_VIDEO_DIRS)}")
+    with open(split_path, encoding="utf-8") as f:
+        entries = json.load(f)
+    samples = []
+    for entry in entries:
+        name = ssv2_class_name(entry["template"])
+        if name not in labels:
+            raise ValueError(f"{split_path}: clip {entry['id']} has template {entry['template']!r}, not in labels.json")
+        samples.append(VideoSample(os.path.join(video_dir, f"{entry['id']}.webm"), labels[name]))
+    return samples, names
+
+
+def read_list_file(list_file: str, root: str = "") -> list[VideoSample]:
+    """Samples from a ``path label`` list file (paths relative to ``root``)."""
+    samples = []
+    with open(list_file, encoding="utf-8") as f:
+        for number, line in enumerate(f, 1):
+            line = line.strip()
+            if not line:
+                continue
+            path, _, label = line.rpartition(" ")
+            if not path or not label.lstrip("-").isdigit():
+                raise ValueError(f"{list_file}:{number}: expected 'relative/path LABEL', got {line!r}")
+            samples.append(VideoSample(os.path.join(root, path), int(label)))
+    return samples
+
+
+# ---------------------------------------------------------------------------------------------
+# Decoding
+
+
+def _decord_frames(path: str, count_only: bool, indices: Sequence[int]):
+    import decord
+
+    reader = decord.VideoReader(path, num_threads=1)
+    if count_only:
+        return len(reader)
+    return reader.get_batch(list(indices)).asnumpy()
+
+
+def _pyav_frames(path: str, count_only: bool, indices: Sequence[int]):
+    import av
+
+    with av.open(path) as container:
+        frames = [frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)]
+    if not frames:
+        raise VideoDecodeError(f"{path} has no decodable video frames")
+    if count_only:
+        return len(frames)
+    return np.stack([frames[i] for i in indices])
+
+
+def available_readers() -> list[Callable]:
+    """Decoders in order of preference: decord, then PyAV (those importable)."""
+    readers = []
+    for module, reader in (("decord", _decord_frames), ("av", _pyav_frames)):
+        try:
+            __import__(module)
+            readers.append(reader)
+        except ImportError:
+            pass
+    if not readers:
+        raise ImportError("no video decoder: install decord2 or av (pip install 'dart-video[data]')")
+    return readers
+
+
+def _decode(path: str, readers: Sequence[Callable] | None, choose: Callable[[int], Sequence[int]]) -> np.ndarray:
+    """Frames ``choose(frame count)`` of a video, from the first reader that can decode it."""
+    if not os.path.isfile(path):
+        raise VideoDecodeError(f"video file not found: {path}")
+    errors = []
+    for reader in readers or available_readers():
+        try:
+            total = reader(path, True, ())
+            if total < 1:
+                raise VideoDecodeError("no frames")
+            return reader(path, False, choose(total))
+        except Exception as error:  # each decoder raises its own types
+            errors.append(f"{getattr(reader, '__name__', type(reader).__name__).strip('_')}: {error}")
+    raise VideoDecodeError(f"cannot decode {path} ({'; '.join(errors)})")
+
+
+def read_frames(path: str, num_frames: int, train: bool, rng: random.Random,
+                readers: Sequence[Callable] | None = None) -> np.ndarray:
+    """Segment-sample ``num_frames`` frames of a video.
+
+    Returns:
+        (T, H, W, 3) uint8 RGB frames.
+
+    Raises:
+        VideoDecodeError: no reader could decode the file.
+    """
+    return _decode(path, readers, lambda total: segment_indices(total, num_frames, train, rng))
+
+
+class FrameCache:
+    """A reader (same interface as the decoders) that decodes each video once, with the first of
+    ``readers`` that can, and serves frames from memory afterwards."""
+
+    def __init__(self, readers: Sequence[Callable] | None = None):
+        self.readers = list(readers) if readers is not None else available_readers()
+        self.videos: dict[str, np.ndarray] = {}
+
+    def __call__(self, path: str, count_only: bool, indices: Sequence[int]):
+        if path not in self.videos:
+            self.videos[path] = _decode(path, self.readers, range)
+        frames = self.videos[path]
+        return len(frames) if count_only else frames[list(indices)]
+
+
+def segment_indices(total: int, num_frames: int, train: bool, rng: random.Random) -> list[int]:
+    """TSN segment sampling: one frame from each of ``num_frames`` equal segments of ``total``
+    frames (random in training, the middle in evaluation); short videos repeat frames."""
+    length = total / num_frames
+    indices = []
+    for segment in range(num_frames):
+        start, end = segment * length, (segment + 1) * length
+        position = rng.uniform(start, end) if train else (start + end) / 2
+        indices.append(min(int(position), total - 1))
+    return indices
+
+
+# ---------------------------------------------------------------------------------------------
+# Transforms
+
+
+def clip_transform(frames: np.ndarray, size: int, train: bool, rng: random.Random,
+                   scale: tuple[float, float] = (0.66, 1.0)) -> torch.Tensor:
+    """(T, H, W, 3) uint8 → (3, T, size, size) float normalised with ImageNet statistics.
+
+    Resize the short side to ``size`` (evaluation) or ``size / scale`` (training, a random scale
+    in ``scale``), then centre / random crop ``size × size``. Never flips.
+    """
+    clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255  # (T, 3, H, W)
+    height, width = clip.shape[-2:]
+    short = size / rng.uniform(*scale) if train else size
+    factor = short / min(height, width)
+    new_size = (max(size, round(height * factor)), max(size, round(width * factor)))
+    clip = F.interpolate(clip, size=new_size, mode="bilinear", align_corners=False, antialias=True)
+    top_range, left_range = new_size[0] - size, new_size[1] - size
+    top = rng.randint(0, top_range) if train else top_range // 2
+    left = rng.randint(0, left_range) if train else left_range // 2
+    clip = clip[:, :, top:top + size, left:left + size]
+    mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
+    return ((clip - mean) / std).transpose(0, 1).contiguous()
+
+
+class VideoClassification(Dataset):
+    """Clips and labels.
+
+    Args:
+        samples: the videos and their labels.
+        num_frames: T.
+        size: crop size.
+        train: random segment frames and random crops (else deterministic).
+        seed: base seed; item i of epoch e uses ``Random(seed, e, i)``, so runs are reproducible.
+        max_retries: how many replacement videos to try after a decoding failure.
+        readers: decoders to try (default: :func:`available_readers`).
+        augment: applied to the (T, H, W, 3) uint8 frames before cropping in training, e.g.
+            :class:`dart_video.augment.ClipRandAugment` (it may draw from the global RNGs: they
+            are seeded from the item's own generator).
+        repeats: the dataset lists every video this many times (repeated sampling: several
+            differently augmented clips of a video per epoch).
+        scale: training crop scale range (see :func:`clip_transform`).
+        cache: keep decoded videos in memory (:class:`FrameCache`).
+
+    Items are ``((3, T, size, size) float clip, label)``. An item may also be asked for as
+    ``dataset[(index, seed)]`` (what :class:`dart_core.training.EpochSampler` yields): then the
+    clip is a pure function of (index, seed), whatever the epoch or the process.
+    """
+
+    def __init__(self, samples: Sequence[VideoSample], num_frames: int = 8, size: int = 224, train: bool = False,
+                 seed: int = 0, max_retries: int = 10, readers: Sequence[Callable] | None = None,
+                 augment: Callable[[np.ndarray], np.ndarray] | None = None, repeats: int = 1,
+                 scale: tuple[float, float] = (0.66, 1.0), cache: bool = False):
+        if not samples:
+            raise ValueError("the dataset has no samples")
+        if repeats < 1:
+            raise ValueError(f"repeats must be >= 1, got {repeats}")
+        self.samples, self.num_frames, self.size, self.train = list(samples), num_frames, size, train
+        self.seed, self.max_retries, self.epoch = seed, max_retries, 0
+        self.augment, self.repeats, self.scale = augment, repeats, scale
+        readers = list(readers) if readers is not None else available_readers()
+        self.readers = [FrameCache(readers)] if cache else readers
+        self.replaced: list[str] = []
+
+    def __len__(self) -> int:
+        return len(self.samples) * self.repeats
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+        if isinstance(item, tuple):
+            index, seed = item
+            rng = random.Random(seed)
+        else:
+            index, rng = item, random.Random(f"{self.seed}/{self.epoch}/{item}")
+        index %= len(self.samples)
+        for _ in range(self.max_retries + 1):
+            sample = self.samples[index]
+            try:
+                frames = read_frames(sample.path, self.num_frames, self.train, rng, self.readers)
+                if self.train and self.augment is not None:
+                    with seeded_rng(rng.getrandbits(32)):
+                        frames = self.augment(frames)
+                return clip_transform(frames, self.size, self.train, rng, self.scale), sample.label
+            except VideoDecodeError as error:
+                warnings.warn(f"{error}; replacing it with another video", RuntimeWarning, stacklevel=2)
+                self.replaced.append(sample.path)
+                index = rng.randrange(len(self.samples))
+        raise VideoDecodeError(f"{self.max_retries + 1} videos in a row could not be decoded; check the data")

@@ -1,0 +1,1 @@
+"""``python -m dart_video.demo``: DART vs uniform tokens on moving digits (see __main__)."""

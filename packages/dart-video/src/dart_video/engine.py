@@ -1,0 +1,311 @@
+"""Training and evaluation of VideoMamba (+ DART) classifiers: one process or torchrun (DDP).
+
+The data order comes from :class:`dart_core.training.EpochSampler` (each rank's share of a seeded
+permutation; every clip a pure function of its (index, seed)), so a run killed mid-epoch and
+resumed from ``last.pth`` sees exactly the batches it would have seen. ``last.pth`` is written
+atomically every ``ckpt_interval`` optimizer steps and at every epoch's end; it holds the model,
+optimizer, scheduler, grad scaler, every rank's RNG states, the epoch, the step and the config.
+``best.pth`` keeps the best top-1. With ``deterministic`` set on the CPU, a resumed run matches
+an uninterrupted one bit for bit.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import time
+from collections.abc import Iterator, Sequence
+
+import timm
+import torch
+import torch.nn.functional as F
+from dart_core.checkpoint import CheckpointMismatchError, load_exact
+from dart_core.training import (
+    DistContext,
+    EpochSampler,
+    JsonlLogger,
+    all_gather_objects,
+    all_reduce_sum,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    seed_rank,
+)
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
+from timm.optim import create_optimizer_v2
+from timm.scheduler import create_scheduler_v2
+from torch.nn.parallel import DistributedDataParallel
+from torch.utils.data import DataLoader
+from tqdm import tqdm
+
+from . import data
+from .augment import ClipMixup, ClipRandAugment
+from .checkpoint import load_video_checkpoint
+from .models import VideoMamba
+from .recipes import TrainConfig
+
+CHECKPOINT_FORMAT = "dart-video-train-1"
+
+
+class TrainingError(Exception):
+    """A user error found while setting up or resuming a run; the message says how to fix it."""
+
+
+# ---------------------------------------------------------------- model and data
+
+
+def build_model(config: TrainConfig, num_classes: int) -> VideoMamba:
+    """``timm.create_model(config.model)`` with the clip geometry, drop path and DART options;
+    ``config.init`` loaded when set."""
+    names = timm.list_models("videomamba_*")
+    if config.model not in names:
+        raise TrainingError(f"unknown model {config.model!r}; choose from {', '.join(names)}")
+    kwargs = dict(num_classes=num_classes, num_frames=config.num_frames, img_size=config.img_size,
+                  drop_path_rate=config.drop_path, **config.model_kwargs)
+    if "_dart_" in config.model:
+        kwargs.update({k: v for k, v in (("num_tokens", config.num_tokens), ("scorer_weights", config.scorer_weights))
+                       if v is not None})
+    elif config.num_tokens is not None:
+        raise TrainingError(f"--num-tokens only applies to DART models; {config.model!r} is not one")
+    model = timm.create_model(config.model, **kwargs)
+    if config.init:
+        try:
+            load_video_checkpoint(model, config.init, image=config.init_image)
+        except (FileNotFoundError, ValueError, CheckpointMismatchError) as error:
+            raise TrainingError(str(error)) from error
+    return model
+
+
+def clip_dataset(samples: Sequence[data.VideoSample], config: TrainConfig, train: bool) -> data.VideoClassification:
+    augment = ClipRandAugment(config.aa, config.img_size) if train and config.aa not in ("", "none") else None
+    return data.VideoClassification(
+        samples, config.num_frames, config.img_size, train=train, seed=config.seed, augment=augment,
+        repeats=config.num_sample if train else 1, scale=(config.min_crop_scale, 1.0), cache=config.cache_videos)
+
+
+def make_loader(dataset, sampler: EpochSampler, batch_size: int, config: TrainConfig, ctx: DistContext,
+                train: bool) -> DataLoader:
+    """Batches of ``(index, seed)`` items in the sampler's order (its own generator: the global
+    RNGs are left alone)."""
+    return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=config.workers,
+                      pin_memory=ctx.device.type == "cuda", drop_last=train,
+                      generator=torch.Generator().manual_seed(config.seed))
+
+
+def autocast(config: TrainConfig, device: torch.device):
+    """bf16 (or fp16) autocast on the GPU; float32 on the CPU."""
+    enabled = device.type == "cuda" and config.amp_dtype != "none"
+    dtype = torch.float16 if config.amp_dtype == "float16" else torch.bfloat16
+    return torch.autocast(device_type=device.type, dtype=dtype, enabled=enabled)
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+@torch.no_grad()
+def evaluate(model: torch.nn.Module, loader: DataLoader, config: TrainConfig, ctx: DistContext,
+             desc: str = "eval") -> dict:
+    """Top-1 / top-5 (%), mean cross-entropy, clip count and clips per second of the model's
+    forward passes, over every rank's share (each clip counted once)."""
+    model.eval()
+    totals = torch.zeros(5, dtype=torch.float64)  # top-1 hits, top-5 hits, clips, loss sum, seconds
+    for clips, labels in tqdm(loader, desc=desc, leave=False, disable=not (config.progress and ctx.is_main)):
+        clips, labels = clips.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
+        _sync(ctx.device)
+        start = time.perf_counter()
+        with autocast(config, ctx.device):
+            logits = model(clips)
+        _sync(ctx.device)
+        seconds = time.perf_counter() - start
+        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
+        totals += torch.tensor([(top[:, 0] == labels).sum().item(), (top == labels[:, None]).any(1).sum().item(),
+                                len(labels), F.cross_entropy(logits.float(), labels, reduction="sum").item(), seconds],
+                               dtype=torch.float64)
+    rate = totals[2] / totals[4] if totals[4] > 0 else totals.new_zeros(())
+    summed = all_reduce_sum(torch.cat([totals[:4], rate.view(1)]).to(ctx.device)).cpu().tolist()
+    count = max(summed[2], 1.0)
+    return {"top1": 100 * summed[0] / count, "top5": 100 * summed[1] / count, "loss": summed[3] / count,
+            "clips": int(summed[2]), "clips_per_s": summed[4]}
+
+
+# ---------------------------------------------------------------- training state
+
+
+class Trainer:
+    """Optimizer, schedule, scaler, DDP wrapper and counters; ``state`` / ``load`` cover all an
+    exact resume needs."""
+
+    def __init__(self, config: TrainConfig, ctx: DistContext, model: VideoMamba, num_classes: int,
+                 steps_per_epoch: int):
+        self.config, self.ctx, self.model, self.steps_per_epoch = config, ctx, model, steps_per_epoch
+        rates = config.scaled(ctx.world_size)
+        self.optimizer = create_optimizer_v2(
+            model, opt="adamw", lr=rates["lr"], weight_decay=config.weight_decay, betas=(0.9, 0.999),
+            layer_decay=config.layer_decay if config.layer_decay < 1 else None)
+        self.scheduler, _ = create_scheduler_v2(
+            self.optimizer, sched="cosine", num_epochs=config.epochs, warmup_epochs=config.warmup_epochs,
+            warmup_prefix=True, min_lr=rates["min_lr"], warmup_lr=rates["warmup_lr"], step_on_epochs=False,
+            updates_per_epoch=steps_per_epoch)
+        fp16 = ctx.device.type == "cuda" and config.amp_dtype == "float16"
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=fp16)
+        self.net = model
+        if ctx.world_size > 1:
+            self.net = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+        mixing = config.mixup > 0 or config.cutmix > 0
+        self.mixup = ClipMixup(config.mixup, config.cutmix, config.mixup_prob, config.mixup_switch_prob,
+                               config.smoothing, num_classes) if mixing else None
+        if mixing:
+            self.criterion = SoftTargetCrossEntropy()
+        elif config.smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(config.smoothing)
+        else:
+            self.criterion = torch.nn.CrossEntropyLoss()
+        self.epoch = self.step_in_epoch = self.global_step = 0
+        self.best_top1: float | None = None
+
+    def state(self, classes: Sequence[str]) -> dict:
+        """The checkpoint (collective: gathers every rank's RNG states)."""
+        return {
+            "format": CHECKPOINT_FORMAT, "model_name": self.config.model, "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step, "steps_per_epoch": self.steps_per_epoch,
+            "world_size": self.ctx.world_size, "rng": all_gather_objects(capture_rng_state()),
+            "classes": list(classes), "best_top1": self.best_top1, "config": self.config.to_dict(),
+        }
+
+    def save(self, out: str, classes: Sequence[str], best: bool = False) -> None:
+        state = self.state(classes)
+        if self.ctx.is_main:
+            save_checkpoint(state, os.path.join(out, "last.pth"))
+            if best:
+                save_checkpoint(state, os.path.join(out, "best.pth"))
+
+    def load(self, path: str) -> None:
+        ckpt = load_checkpoint(path)
+        if not (isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT):
+            raise TrainingError(f"{path} is not a dart-video training checkpoint; start from its weights with --init")
+        if ckpt["model_name"] != self.config.model:
+            raise TrainingError(f"{path} was trained as {ckpt['model_name']!r}, not {self.config.model!r}; "
+                                f"pass --model {ckpt['model_name']}")
+        try:
+            load_exact(self.model, ckpt["model"], source=path)
+        except CheckpointMismatchError as error:
+            raise TrainingError(str(error)) from error
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
+        self.best_top1 = ckpt["best_top1"]
+        saved = {k: ckpt["config"][k] for k in ("batch_size", "accum_steps", "num_sample")}
+        same = (ckpt["world_size"], ckpt["steps_per_epoch"], saved) == (
+            self.ctx.world_size, self.steps_per_epoch, {k: getattr(self.config, k) for k in saved})
+        if self.step_in_epoch and not same:
+            raise TrainingError(
+                f"{path} was saved mid-epoch by {ckpt['world_size']} process(es) with {saved} and "
+                f"{ckpt['steps_per_epoch']} steps per epoch; resume with the same settings and data")
+        if ckpt["world_size"] == self.ctx.world_size:
+            restore_rng_state(ckpt["rng"][self.ctx.rank])
+        else:
+            seed_rank(self.config.seed + 1000 * self.epoch, self.ctx.rank)
+
+    def step(self, batches: Iterator) -> float:
+        """One optimizer step over ``accum_steps`` micro-batches; returns the mean loss."""
+        config, device = self.config, self.ctx.device
+        self.scheduler.step_update(self.global_step)
+        self.net.train()
+        total = 0.0
+        for micro in range(config.accum_steps):
+            clips, labels = next(batches)
+            clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
+            if self.mixup is not None:
+                clips, labels = self.mixup(clips, labels)
+            last = micro == config.accum_steps - 1
+            sync = contextlib.nullcontext() if last or self.net is self.model else self.net.no_sync()
+            with sync:
+                with autocast(config, device):
+                    loss = self.criterion(self.net(clips), labels) / config.accum_steps
+                self.scaler.scale(loss).backward()
+            total += loss.item()
+        if config.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        self.step_in_epoch += 1
+        if not math.isfinite(total):
+            raise FloatingPointError(f"loss is {total} at step {self.global_step}; lower --blr/--lr or set --clip-grad")
+        return total
+
+
+# ---------------------------------------------------------------- the loop
+
+
+def fit(config: TrainConfig, ctx: DistContext, model: VideoMamba, train_samples, val_samples,
+        classes: Sequence[str], out: str, resume: str | None = None, kill_at_step: int | None = None) -> dict:
+    """Train for ``config.epochs`` (continuing ``resume``: a path or "auto" = ``out/last.pth`` if
+    present), evaluating after every epoch. Returns the last epoch's metrics and counters."""
+    num_classes = len(classes)
+    train_set, val_set = clip_dataset(train_samples, config, True), clip_dataset(val_samples, config, False)
+    sampler = EpochSampler(len(train_set), ctx.rank, ctx.world_size, seed=config.seed)
+    steps_per_epoch = sampler.epoch_length() // (config.batch_size * config.accum_steps)
+    if steps_per_epoch == 0:
+        raise TrainingError(
+            f"each of the {ctx.world_size} process(es) gets {sampler.epoch_length()} clips per epoch, fewer than "
+            f"one optimizer step's {config.batch_size} x {config.accum_steps}; lower --batch-size/--accum-steps")
+    steps_per_epoch = min(steps_per_epoch, config.max_steps or steps_per_epoch)
+    trainer = Trainer(config, ctx, model, num_classes, steps_per_epoch)
+    if resume == "auto":
+        resume = os.path.join(out, "last.pth") if os.path.isfile(os.path.join(out, "last.pth")) else None
+    if resume:
+        trainer.load(resume)
+    else:
+        seed_rank(config.seed, ctx.rank)
+    logger = JsonlLogger(os.path.join(out, "log.jsonl"), enabled=ctx.is_main)
+    logger.log(event="start", config=config.to_dict(), world_size=ctx.world_size, steps_per_epoch=steps_per_epoch,
+               **config.scaled(ctx.world_size), resumed_from=resume, epoch=trainer.epoch,
+               step_in_epoch=trainer.step_in_epoch)
+    loader = make_loader(train_set, sampler, config.batch_size, config, ctx, train=True)
+    val_sampler = EpochSampler(len(val_set), ctx.rank, ctx.world_size, shuffle=False, pad=False, seed=config.seed)
+    val_loader = make_loader(val_set, val_sampler, config.eval_batch_size or config.batch_size, config, ctx, False)
+    metrics: dict = {}
+    while trainer.epoch < config.epochs:
+        epoch = trainer.epoch
+        sampler.set_epoch(epoch)
+        sampler.set_start(trainer.step_in_epoch * config.accum_steps * config.batch_size)
+        batches = iter(loader)
+        bar = tqdm(total=steps_per_epoch, initial=trainer.step_in_epoch, desc=f"epoch {epoch}",
+                   disable=not (config.progress and ctx.is_main))
+        losses = []
+        while trainer.step_in_epoch < steps_per_epoch:
+            loss = trainer.step(batches)
+            losses.append(loss)
+            bar.update(1)
+            lr = max(group["lr"] for group in trainer.optimizer.param_groups)
+            if trainer.global_step % config.log_interval == 0 or trainer.step_in_epoch == steps_per_epoch:
+                logger.log(event="train", epoch=epoch, step=trainer.step_in_epoch, global_step=trainer.global_step,
+                           loss=loss, lr=lr)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+            if trainer.global_step % config.ckpt_interval == 0 and trainer.step_in_epoch < steps_per_epoch:
+                trainer.save(out, classes)
+            if kill_at_step == trainer.global_step:
+                os.kill(os.getpid(), signal.SIGKILL)  # tests: die like a pre-empted job, no clean-up
+        bar.close()
+        del batches
+        metrics = evaluate(model, val_loader, config, ctx)
+        improved = trainer.best_top1 is None or metrics["top1"] > trainer.best_top1
+        trainer.best_top1 = metrics["top1"] if improved else trainer.best_top1
+        trainer.epoch, trainer.step_in_epoch = epoch + 1, 0
+        trainer.save(out, classes, best=improved)
+        logger.log(event="epoch", epoch=epoch, global_step=trainer.global_step,
+                   train_loss=sum(losses) / max(len(losses), 1), best_top1=trainer.best_top1, **metrics)
+        if ctx.is_main and not config.progress:
+            print(f"epoch {epoch}: top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f}", flush=True)
+    return {"epoch": trainer.epoch, "global_step": trainer.global_step, "best_top1": trainer.best_top1, **metrics}

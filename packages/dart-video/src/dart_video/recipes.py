@@ -1,0 +1,186 @@
+"""Training configurations: one dataclass of every setting, named presets, YAML files, flags.
+
+Precedence: :class:`TrainConfig` defaults < a preset (``--config NAME``) or a YAML file
+(``--config FILE.yaml``, keys = field names, dashes or underscores) < command-line flags
+(``--field-name VALUE``; every field has one).
+
+The presets follow the VideoMamba release's Something-Something V2 scripts
+(``videomamba/video_sm/exp/ssv2/videomamba_{tiny,small}/run_f{8,16}x224.sh`` and the defaults of
+its ``run_class_finetuning.py``): AdamW (β 0.9, 0.999), learning rate 4e-4 per 256 clips, cosine
+schedule to 1e-6 (per 256 clips) after 5 warm-up epochs from 1e-6, layer-wise decay 0.75, two
+clips per video per epoch (``num_sample``), 8 GPUs × 64 videos (128 clips), Mixup 0.8 / CutMix 1.0
+with label smoothing 0.1, RandAugment, bf16 autocast, no horizontal flip. Tiny: 35 epochs, drop path
+0.1, weight decay 0.1, ``rand-m5-n2-mstd0.25-inc1``; Small: 30 epochs, drop path 0.35, weight
+decay 0.05, ``rand-m7-n4-mstd0.5-inc1``. The release starts from its ImageNet-1K VideoMamba
+weights: pass them with ``--init PATH --init-image``. It tests with 2 segments × 3 crops; our
+evaluation is one centre view.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+import yaml
+
+
+class ConfigError(ValueError):
+    """A bad preset name, YAML file or setting; the message says how to fix it."""
+
+
+def _opt(default: Any, help: str, kind: type | None = None) -> Any:
+    metadata = {"help": help, "kind": kind or type(default)}
+    if isinstance(default, dict):
+        return field(default_factory=lambda: dict(default), metadata=metadata)
+    return field(default=default, metadata=metadata)
+
+
+@dataclass
+class TrainConfig:
+    # model
+    model: str = _opt("videomamba_tiny_dart_patch16_224", "a videomamba_* timm name")
+    num_frames: int = _opt(8, "frames per clip T")
+    img_size: int = _opt(224, "frame crop size")
+    num_tokens: int | None = _opt(None, "DART token budget (default 196·T/2)", int)
+    scorer_weights: str | None = _opt(None, "local weights file of the scorer backbone", str)
+    model_kwargs: dict = _opt({}, "extra model arguments, JSON or YAML, e.g. '{depth: 2}'", dict)
+    drop_path: float = _opt(0.1, "stochastic depth rate")
+    init: str | None = _opt(None, "initial weights: a VideoMamba-layout video checkpoint, or an image one", str)
+    init_image: bool = _opt(False, "--init is an image checkpoint: inflate it")
+    # data
+    format: str = _opt("ssv2", "ssv2 (official layout) or list ('path label' files)")
+    train_list: str | None = _opt(None, "'path label' file for training (--format list)", str)
+    val_list: str | None = _opt(None, "'path label' file for validation (--format list)", str)
+    num_classes: int | None = _opt(None, "classes (list format; default: largest label + 1)", int)
+    batch_size: int = _opt(128, "clips per process per micro-batch")
+    eval_batch_size: int | None = _opt(None, "default: --batch-size", int)
+    accum_steps: int = _opt(1, "micro-batches per optimizer step")
+    num_sample: int = _opt(2, "clips drawn from every video per epoch (repeated sampling)")
+    workers: int = _opt(8, "data loader processes")
+    cache_videos: bool = _opt(False, "keep decoded videos in memory (small data sets)")
+    aa: str = _opt("rand-m7-n4-mstd0.5-inc1", "RandAugment policy, the same ops on every frame ('none': off)")
+    min_crop_scale: float = _opt(0.66, "training crop: short side resized to size / U(min_crop_scale, 1)")
+    mixup: float = _opt(0.8, "mixup alpha (0: off)")
+    cutmix: float = _opt(1.0, "cutmix alpha (0: off); one box for all frames")
+    mixup_prob: float = _opt(1.0, "probability of mixup or cutmix per batch")
+    mixup_switch_prob: float = _opt(0.5, "probability of cutmix instead of mixup")
+    smoothing: float = _opt(0.1, "label smoothing")
+    # optimisation
+    epochs: int = _opt(35, "training epochs")
+    blr: float = _opt(4e-4, "learning rate per 256 clips of global batch")
+    lr: float | None = _opt(None, "absolute learning rate (default: --blr scaled)", float)
+    min_blr: float = _opt(1e-6, "final cosine learning rate per 256 clips")
+    warmup_blr: float = _opt(1e-6, "initial warm-up learning rate per 256 clips")
+    warmup_epochs: float = _opt(5.0, "linear warm-up epochs")
+    weight_decay: float = _opt(0.05, "AdamW weight decay (not on norms, biases, embeddings)")
+    layer_decay: float = _opt(0.75, "layer-wise learning-rate decay (1: off)")
+    clip_grad: float | None = _opt(None, "gradient norm clip", float)
+    max_steps: int | None = _opt(None, "cap on optimizer steps per epoch (smoke runs)", int)
+    # run
+    seed: int = _opt(0, "random seed")
+    device: str | None = _opt(None, "cpu or cuda (default: cuda when available)", str)
+    amp_dtype: str = _opt("bfloat16", "autocast dtype on GPU: bfloat16, float16 or none (CPU: float32)")
+    deterministic: bool = _opt(False, "deterministic algorithms (exact resume on CPU)")
+    ckpt_interval: int = _opt(1000, "also save last.pth every N optimizer steps")
+    log_interval: int = _opt(50, "optimizer steps between train log lines")
+    progress: bool = _opt(True, "progress bars (--no-progress: none)")
+    threads: int | None = _opt(None, "torch CPU threads (default: torch's choice)", int)
+
+    def scaled(self, world_size: int) -> dict[str, float]:
+        """Learning rates (peak, final, warm-up start) for this many processes: ``--lr`` if given,
+        else ``--blr`` × global clips per step / 256 (the release's rule; min and warm-up too)."""
+        factor = self.batch_size * self.accum_steps * world_size / 256
+        return {"lr": self.lr if self.lr is not None else self.blr * factor,
+                "min_lr": self.min_blr * factor, "warmup_lr": self.warmup_blr * factor}
+
+    def validate(self) -> None:
+        for name in ("batch_size", "accum_steps", "num_sample", "epochs", "ckpt_interval", "log_interval",
+                     "num_frames", "img_size"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
+        if self.format not in ("ssv2", "list"):
+            raise ConfigError(f"--format must be ssv2 or list, got {self.format!r}")
+        if self.amp_dtype not in ("bfloat16", "float16", "none"):
+            raise ConfigError(f"--amp-dtype must be bfloat16, float16 or none, got {self.amp_dtype!r}")
+        if not 0 < self.min_crop_scale <= 1:
+            raise ConfigError(f"--min-crop-scale must be in (0, 1], got {self.min_crop_scale}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _recipe(size: str, frames: int, dart: bool) -> dict[str, Any]:
+    tiny = size == "tiny"
+    return {
+        "model": f"videomamba_{size}{'_dart' if dart else ''}_patch16_224", "num_frames": frames, "img_size": 224,
+        "batch_size": 128, "num_sample": 2, "epochs": 35 if tiny else 30, "blr": 4e-4, "warmup_epochs": 5.0,
+        "drop_path": 0.1 if tiny else 0.35, "weight_decay": 0.1 if tiny else 0.05, "layer_decay": 0.75,
+        "aa": "rand-m5-n2-mstd0.25-inc1" if tiny else "rand-m7-n4-mstd0.5-inc1",
+        "mixup": 0.8, "cutmix": 1.0, "smoothing": 0.1, "amp_dtype": "bfloat16",
+    }
+
+
+PRESETS: dict[str, dict[str, Any]] = {
+    f"videomamba_{size}{'_dart' if dart else ''}_ssv2_{frames}f": _recipe(size, frames, dart)
+    for size in ("tiny", "small") for frames in (8, 16) for dart in (False, True)
+}
+
+
+def preset_values(config: str) -> dict[str, Any]:
+    """The settings of a preset name or a YAML file."""
+    if config in PRESETS:
+        return dict(PRESETS[config])
+    if config.endswith((".yaml", ".yml")):
+        if not os.path.isfile(config):
+            raise ConfigError(f"config file {config!r} does not exist")
+        with open(config, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+        if not isinstance(values, dict):
+            raise ConfigError(f"config file {config!r} must hold a mapping of setting names to values")
+        values = {k.replace("-", "_"): v for k, v in values.items()}
+        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainConfig)})
+        if unknown:
+            raise ConfigError(f"config file {config!r} has unknown keys {unknown}; see --help for the names")
+        return values
+    raise ConfigError(f"unknown config {config!r}: use a preset ({', '.join(sorted(PRESETS))}) or a .yaml file")
+
+
+def _mapping(text: str) -> dict:
+    try:
+        value = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise argparse.ArgumentTypeError(f"not a JSON/YAML mapping: {text!r} ({e})") from e
+    if not isinstance(value, dict):
+        raise argparse.ArgumentTypeError(f"expected a mapping such as '{{\"depth\": 2}}', got {text!r}")
+    return value
+
+
+def add_config_flags(parser: argparse.ArgumentParser) -> None:
+    """``--config`` and one flag per :class:`TrainConfig` field (unset flags stay out of the namespace)."""
+    parser.add_argument("--config", help=f"preset name ({', '.join(sorted(PRESETS))}) or a YAML file")
+    group = parser.add_argument_group("settings (default < --config < flags)")
+    for f in dataclasses.fields(TrainConfig):
+        flag, kind = "--" + f.name.replace("_", "-"), f.metadata["kind"]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        text = f"{f.metadata['help']} (default {json.dumps(default)})"
+        if kind is bool:
+            group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
+        else:
+            group.add_argument(flag, type=_mapping if kind is dict else kind, default=argparse.SUPPRESS, help=text)
+
+
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> TrainConfig:
+    """Defaults < ``base`` (e.g. a checkpoint's stored config) < ``args.config`` < the flags
+    present in ``args``; validated."""
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    values = {k: v for k, v in (base or {}).items() if k in names}
+    if getattr(args, "config", None):
+        values.update(preset_values(args.config))
+    values.update({k: v for k, v in vars(args).items() if k in names})
+    config = TrainConfig(**values)
+    config.validate()
+    return config

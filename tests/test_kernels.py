@@ -1,0 +1,234 @@
+"""The fused patch sampler: Triton kernels (CPU interpreter), the PyTorch path and an oracle.
+
+The oracle is ``F.grid_sample`` twice (border padding across lines, zero padding along the
+strip), as in the published code; it shares no code with ``dart_core.kernels``. The Triton
+kernels run under ``TRITON_INTERPRET=1``, set here before they are first imported.
+"""
+
+import os
+
+os.environ.setdefault("TRITON_INTERPRET", "1")
+
+import pytest  # noqa: E402
+import reference_dart as ref  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from dart_core import partition, resample_pos_embed, sample_patches  # noqa: E402
+from dart_core.kernels import sample_strip_patches, use_triton  # noqa: E402
+from hypothesis import given, settings  # noqa: E402
+from hypothesis import strategies as st  # noqa: E402
+
+BACKENDS = ["torch", "triton"]
+
+
+def oracle(images, line_y, sample_x):
+    """(B, C, H, W), (B, R, P) heights, (B, N, P) strip positions → (B, N, C, P, P) via grid_sample."""
+    batch, _, height, width = images.shape
+    rows, patch = line_y.shape[1:]
+    out = []
+    for b in range(batch):
+        gy, gx = torch.meshgrid(line_y[b].reshape(-1), torch.arange(width, dtype=images.dtype), indexing="ij")
+        grid = torch.stack([2 * gx / (width - 1) - 1, 2 * gy / (height - 1) - 1], -1)[None]
+        lines = F.grid_sample(images[b:b + 1], grid, mode="bilinear", padding_mode="border", align_corners=True)
+        strip = lines.view(1, -1, rows, patch, width).permute(0, 1, 3, 2, 4).reshape(1, -1, patch, rows * width)
+        xs = sample_x[b].reshape(-1)
+        gy, gx = torch.meshgrid(torch.arange(patch, dtype=images.dtype), xs, indexing="ij")
+        grid = torch.stack([2 * gx / (rows * width - 1) - 1, 2 * gy / (patch - 1) - 1], -1)[None]
+        values = F.grid_sample(strip, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
+        out.append(values[0].view(-1, patch, sample_x.shape[1], patch).permute(2, 0, 1, 3))
+    return torch.stack(out)
+
+
+def random_case(batch, channels, height, width, rows, tokens, patch, seed, dtype=torch.float64, spill=0.0):
+    """Images and sample positions; ``spill`` > 0 pushes positions past the image and strip ends."""
+    g = torch.Generator().manual_seed(seed)
+    images = torch.randn(batch, channels, height, width, generator=g, dtype=dtype)
+    line_y = (torch.rand(batch, rows, patch, generator=g, dtype=torch.float64) * (1 + 2 * spill) - spill) * (height - 1)
+    sample_x = (torch.rand(batch, tokens, patch, generator=g, dtype=torch.float64) * (1 + 2 * spill) - spill)
+    return images, line_y, sample_x * rows * width
+
+
+CASES = [  # batch, channels, height, width, rows, tokens, patch
+    (2, 3, 9, 11, 3, 5, 4),
+    (1, 2, 6, 5, 2, 3, 3),  # patch size not a power of two
+    (3, 1, 16, 8, 4, 6, 5),
+]
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("case", CASES)
+@pytest.mark.parametrize("spill", [0.0, 0.3])
+def test_values_match_oracle_float64(backend, case, spill):
+    images, line_y, sample_x = random_case(*case, seed=sum(case), spill=spill)
+    got = sample_strip_patches(images, line_y, sample_x, backend)
+    assert got.shape == (case[0], case[5], case[1], case[6], case[6]) and got.is_contiguous()
+    torch.testing.assert_close(got, oracle(images, line_y, sample_x), rtol=0, atol=1e-12)
+
+
+@pytest.mark.parametrize("case", CASES[:2])
+def test_gradients_match_oracle_float64(case):
+    """Images, line heights and strip positions: both backends against grid_sample's autograd."""
+    images, line_y, sample_x = random_case(*case, seed=3 + sum(case), spill=0.2)
+    cotangent = torch.randn(case[0], case[5], case[1], case[6], case[6], dtype=torch.float64)
+    grads = {}
+    for name in ["oracle", *BACKENDS]:
+        inputs = [t.clone().requires_grad_() for t in (images, line_y, sample_x)]
+        out = oracle(*inputs) if name == "oracle" else sample_strip_patches(*inputs, backend=name)
+        grads[name] = torch.autograd.grad((out * cotangent).sum(), inputs)
+    for name in BACKENDS:
+        for got, want in zip(grads[name], grads["oracle"], strict=True):
+            torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+def test_gradcheck_torch_path():
+    images, line_y, sample_x = random_case(2, 2, 7, 6, 2, 3, 3, seed=11, spill=0.2)
+    inputs = tuple(t.requires_grad_() for t in (images, line_y, sample_x))
+    assert torch.autograd.gradcheck(lambda *a: sample_strip_patches(*a, backend="torch"), inputs, eps=1e-7, atol=1e-6)
+
+
+def test_gradcheck_triton_kernels():
+    images, line_y, sample_x = random_case(1, 1, 5, 4, 2, 2, 2, seed=5, spill=0.2)
+    inputs = tuple(t.requires_grad_() for t in (images, line_y, sample_x))
+    assert torch.autograd.gradcheck(lambda *a: sample_strip_patches(*a, backend="triton"), inputs, eps=1e-7, atol=1e-6)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_tight_against_float64(backend):
+    images, line_y, sample_x = random_case(2, 3, 12, 10, 3, 7, 4, seed=9, spill=0.1)
+    cotangent = torch.randn(2, 7, 3, 4, 4, dtype=torch.float64)
+    results = {}
+    for dtype in (torch.float64, torch.float32):
+        inputs = [images.to(dtype).requires_grad_(), line_y.clone().requires_grad_(), sample_x.clone().requires_grad_()]
+        out = sample_strip_patches(*inputs, backend=backend)
+        assert out.dtype == dtype
+        grads = torch.autograd.grad((out * cotangent.to(dtype)).sum(), inputs)
+        results[dtype] = (out, *grads)
+    for got, want in zip(results[torch.float32], results[torch.float64], strict=True):
+        torch.testing.assert_close(got.double(), want, rtol=0, atol=2e-5 * max(1.0, want.abs().max().item()))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_bfloat16_images(backend):
+    images, line_y, sample_x = random_case(1, 3, 8, 8, 2, 4, 4, seed=2)
+    got = sample_strip_patches(images.bfloat16(), line_y, sample_x, backend)
+    assert got.dtype == torch.bfloat16
+    want = oracle(images.bfloat16().double(), line_y, sample_x)
+    torch.testing.assert_close(got.double(), want, rtol=1e-2, atol=1e-2)
+
+
+def test_partition_path_matches_reference_and_backends_agree_on_score_gradients():
+    """sample_patches on a real partition: the slow reference's values, and equal score gradients."""
+    g = torch.Generator().manual_seed(4)
+    scores = (torch.rand(2, 3, 4, generator=g, dtype=torch.float64) ** 2 + 0.1).requires_grad_()
+    images = torch.randn(2, 2, 12, 17, generator=g, dtype=torch.float64)
+    cotangent = torch.randn(2, 9, 2, 4, 4, generator=g, dtype=torch.float64)
+    grads = []
+    for backend in BACKENDS:
+        part = partition(scores, 3, 9)
+        patches = sample_patches(images, part, 4, backend=backend)
+        want = ref.sample_patches(images, part.row_edges.detach(), part.token_edges.detach(), 4)
+        torch.testing.assert_close(patches.detach(), want, rtol=0, atol=1e-12)
+        grads.append(torch.autograd.grad((patches * cotangent).sum(), scores)[0])
+    part = partition(scores, 3, 9)
+    want = torch.autograd.grad((ref.sample_patches(images, part.row_edges, part.token_edges, 4) * cotangent).sum(), scores)[0]
+    for got in grads:
+        torch.testing.assert_close(got, want, rtol=0, atol=1e-9)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_samples_are_independent_of_their_batch(backend):
+    """A batch gives each sample what it gets alone: values and all gradients (image included)."""
+    images, line_y, sample_x = random_case(3, 2, 10, 9, 3, 5, 4, seed=8, spill=0.1)
+    cotangent = torch.randn(3, 5, 2, 4, 4, dtype=torch.float64)
+
+    def run(sl):
+        inputs = [t[sl].clone().requires_grad_() for t in (images, line_y, sample_x)]
+        out = sample_strip_patches(*inputs, backend=backend)
+        return (out, *torch.autograd.grad((out * cotangent[sl]).sum(), inputs))
+
+    whole = run(slice(None))
+    for i in range(3):
+        for got, want in zip(run(slice(i, i + 1)), whole, strict=True):
+            torch.testing.assert_close(got, want[i:i + 1], rtol=0, atol=1e-13)
+
+
+@settings(max_examples=25, deadline=None)
+@given(case=st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(2, 9), st.integers(2, 9),
+                      st.integers(1, 4), st.integers(1, 6), st.integers(2, 5)),
+       seed=st.integers(0, 2**16), spill=st.sampled_from([0.0, 0.5]))
+def test_torch_path_matches_oracle_on_any_shape(case, seed, spill):
+    images, line_y, sample_x = random_case(*case, seed=seed, spill=spill)
+    torch.testing.assert_close(sample_strip_patches(images, line_y, sample_x, "torch"),
+                               oracle(images, line_y, sample_x), rtol=0, atol=1e-12)
+
+
+def test_integer_positions_read_pixels_exactly():
+    """At integer sites bilinear sampling is a pixel read; the strip's last column + 1 reads zero."""
+    images = torch.arange(2 * 4 * 5, dtype=torch.float64).view(1, 2, 4, 5)
+    line_y = torch.tensor([[[0.0, 3.0], [1.0, 2.0]]], dtype=torch.float64)  # R = 2, P = 2
+    sample_x = torch.tensor([[[0.0, 4.0], [5.0, 9.0], [10.0, 10.0]]], dtype=torch.float64)  # N = 3
+    for backend in BACKENDS:
+        out = sample_strip_patches(images, line_y, sample_x, backend)
+        # Token 0 reads row 0 (lines 0 and 3) at columns 0 and 4; token 1 row 1 (lines 1, 2) at 0 and 4.
+        torch.testing.assert_close(out[0, 0, 0], images[0, 0][[0, 3]][:, [0, 4]])
+        torch.testing.assert_close(out[0, 1, 1], images[0, 1][[1, 2]][:, [0, 4]])
+        assert torch.all(out[0, 2] == 0)  # x = R·W is past the strip: zero padding
+
+
+def test_backend_dispatch():
+    assert use_triton(torch.device("cpu"), "auto") is False
+    assert use_triton(torch.device("cuda"), "auto") is True  # CUDA tensors → Triton
+    assert use_triton(torch.device("cpu"), "triton") is True  # only because TRITON_INTERPRET=1 here
+    with pytest.raises(ValueError, match="backend must be"):
+        use_triton(torch.device("cpu"), "cuda")
+    with pytest.raises(ValueError, match="line_y"):
+        sample_strip_patches(torch.zeros(1, 1, 4, 4), torch.zeros(1, 2), torch.zeros(1, 2, 2))
+
+
+def test_triton_refuses_cpu_tensors_without_interpreter(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
+        use_triton(torch.device("cpu"), "triton")
+
+
+def test_compiles_without_graph_breaks_and_under_bf16_autocast():
+    """fullgraph=True fails on any graph break, e.g. a host sync; the projection autocasts."""
+    g = torch.Generator().manual_seed(1)
+    scores = (torch.rand(2, 3, 3, generator=g) + 0.1).requires_grad_()
+    images = torch.randn(2, 3, 24, 24, generator=g)
+    weight = torch.randn(8, 3 * 4 * 4, generator=g, requires_grad=True)
+
+    def tokens(s):
+        return sample_patches(images, partition(s, 3, 9), 4).flatten(2) @ weight.T
+
+    eager = tokens(scores)
+    compiled = torch.compile(tokens, backend="aot_eager", fullgraph=True)(scores)
+    torch.testing.assert_close(compiled, eager)
+    (grad_eager,) = torch.autograd.grad(eager.square().sum(), scores)
+    (grad_compiled,) = torch.autograd.grad(compiled.square().sum(), scores)
+    torch.testing.assert_close(grad_compiled, grad_eager)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = tokens(scores)
+    assert mixed.dtype == torch.bfloat16
+    torch.autograd.grad(mixed.float().square().sum(), scores)
+    torch.testing.assert_close(mixed.float(), eager, rtol=0.05, atol=0.05 * eager.abs().max().item())
+
+
+def test_inductor_compiles_the_tokenizer_path():
+    """torch.compile's default backend: the sampler runs as an opaque custom op inside the graph."""
+    g = torch.Generator().manual_seed(2)
+    scores = (torch.rand(2, 3, 3, generator=g) + 0.1).requires_grad_()
+    table = torch.randn(1, 3, 3, 8, generator=g, requires_grad=True)
+    images = torch.randn(2, 3, 24, 24, generator=g)
+    weight = torch.randn(8, 3 * 4 * 4, generator=g)
+
+    def tokens(s, t):
+        part = partition(s, 3, 9)
+        return sample_patches(images, part, 4).flatten(2) @ weight.T + resample_pos_embed(t, part)
+
+    eager = tokens(scores, table)
+    compiled = torch.compile(tokens)(scores, table)
+    torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
+    for got, want in zip(torch.autograd.grad(compiled.square().sum(), (scores, table)),
+                         torch.autograd.grad(eager.square().sum(), (scores, table)), strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())

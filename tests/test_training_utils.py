@@ -1,0 +1,294 @@
+"""dart_core.training: atomic/safe checkpoints, RNG capture, resumable data order, JSON lines,
+torchrun helpers and FLOP counting."""
+
+import argparse
+import os
+import random
+
+import numpy as np
+import pytest
+import torch
+from dart_core.training import (
+    CheckpointError,
+    EpochSampler,
+    JsonlLogger,
+    SeededDataset,
+    all_gather_objects,
+    all_reduce_sum,
+    capture_rng_state,
+    count_flops,
+    count_params,
+    init_distributed,
+    load_checkpoint,
+    read_jsonl,
+    restore_rng_state,
+    save_checkpoint,
+    seed_rank,
+    seeded_rng,
+    teardown_distributed,
+)
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from torch.utils.data import DataLoader
+
+
+class Exploding:
+    """Pickling this raises: simulates a crash in the middle of torch.save."""
+
+    def __reduce__(self):
+        raise RuntimeError("boom")
+
+
+class Untrusted:
+    pass
+
+
+def _draws():
+    return (random.random(), float(np.random.rand()), float(np.random.randn()), torch.rand(3).tolist())
+
+
+# ---------------------------------------------------------------- checkpoints
+
+
+def test_checkpoint_roundtrip_with_namespace_and_rng(tmp_path):
+    path = tmp_path / "sub" / "ckpt.pth"
+    obj = {
+        "model": {"w": torch.randn(3, 4)},
+        "args": argparse.Namespace(lr=1e-3, model="deit", epochs=300, flags=[1, 2]),
+        "rng": capture_rng_state(),
+        "epoch": 7,
+    }
+    save_checkpoint(obj, path)
+    out = load_checkpoint(path)
+    assert torch.equal(out["model"]["w"], obj["model"]["w"])
+    assert out["args"] == obj["args"]
+    assert out["epoch"] == 7
+
+
+def test_checkpoint_save_is_atomic(tmp_path):
+    path = tmp_path / "ckpt.pth"
+    save_checkpoint({"v": torch.ones(2)}, path)
+    with pytest.raises(RuntimeError, match="boom"):
+        save_checkpoint({"v": torch.zeros(2), "bad": Exploding()}, path)
+    assert torch.equal(load_checkpoint(path)["v"], torch.ones(2))  # old file intact
+    assert os.listdir(tmp_path) == ["ckpt.pth"]  # no temporary left behind
+
+
+def test_checkpoint_refuses_unlisted_class_with_clear_error(tmp_path):
+    path = tmp_path / "evil.pth"
+    torch.save({"x": Untrusted()}, path)
+    with pytest.raises(CheckpointError, match="Untrusted.*extra_safe_globals"):
+        load_checkpoint(path)
+    assert isinstance(load_checkpoint(path, extra_safe_globals=[Untrusted])["x"], Untrusted)
+
+
+def test_checkpoint_missing_file(tmp_path):
+    with pytest.raises(CheckpointError, match="does not exist"):
+        load_checkpoint(tmp_path / "nope.pth")
+
+
+# ---------------------------------------------------------------- RNG
+
+
+def test_rng_capture_restore_reproduces_all_generators():
+    _draws()
+    state = capture_rng_state()
+    first = _draws()
+    _draws()
+    restore_rng_state(state)
+    assert _draws() == first
+
+
+def test_rng_state_survives_a_checkpoint(tmp_path):
+    np.random.randn()  # leave a cached Gaussian in NumPy's state
+    save_checkpoint(capture_rng_state(), tmp_path / "rng.pth")
+    first = _draws()
+    # the RNG state needs no allow-list entry: plain torch.load(weights_only=True) reads it
+    restore_rng_state(torch.load(tmp_path / "rng.pth", weights_only=True))
+    assert _draws() == first
+
+
+def test_seeded_rng_is_a_pure_function_of_the_seed_and_leaves_outer_state_alone():
+    state = capture_rng_state()
+    with seeded_rng(123):
+        a = _draws()
+    after_block = _draws()
+    restore_rng_state(state)
+    expected_after = _draws()
+    _draws()
+    with seeded_rng(123):
+        b = _draws()
+    assert a == b
+    assert after_block == expected_after
+
+
+def test_seed_rank_differs_per_rank():
+    seed_rank(5, 0)
+    r0 = _draws()
+    seed_rank(5, 1)
+    r1 = _draws()
+    seed_rank(5, 0)
+    assert _draws() == r0 and r0 != r1
+
+
+# ---------------------------------------------------------------- data order
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 40), ws=st.integers(1, 4), epoch=st.integers(0, 3), shuffle=st.booleans())
+def test_eval_sampler_covers_every_item_exactly_once(n, ws, epoch, shuffle):
+    items = []
+    for rank in range(ws):
+        s = EpochSampler(n, rank=rank, world_size=ws, shuffle=shuffle, pad=False, seed=3)
+        s.set_epoch(epoch)
+        items += [i for i, _ in s]
+    assert sorted(items) == list(range(n))
+
+
+@settings(max_examples=60, deadline=None)
+@given(n=st.integers(1, 40), ws=st.integers(1, 4), repeats=st.integers(1, 3), epoch=st.integers(0, 3))
+def test_train_sampler_balanced_and_repeats_spread_over_ranks(n, ws, repeats, epoch):
+    per_rank = []
+    for rank in range(ws):
+        s = EpochSampler(n, rank=rank, world_size=ws, repeats=repeats, seed=1)
+        s.set_epoch(epoch)
+        per_rank.append(list(s))
+    assert all(len(p) == -(-n // ws) for p in per_rank)
+    idx = [i for p in per_rank for i, _ in p]
+    assert all(0 <= i < n for i in idx)
+    if repeats == 1 and n % ws == 0:
+        assert sorted(idx) == list(range(n))  # a plain permutation, no padding needed
+    if repeats <= ws:  # DeiT's repeated augmentation: copies of an image go to different ranks
+        for p in per_rank:
+            if ws * len(p) <= n * repeats:
+                counts = np.bincount([i for i, _ in p], minlength=n)
+                assert counts.max() <= 1
+    seeds = [sd for p in per_rank for _, sd in p]
+    assert len(set(seeds)) == len(seeds)
+
+
+@settings(max_examples=40, deadline=None)
+@given(n=st.integers(1, 30), ws=st.integers(1, 3), start=st.integers(0, 30))
+def test_sampler_start_skips_exactly_the_consumed_prefix(n, ws, start):
+    s = EpochSampler(n, rank=ws - 1, world_size=ws, seed=9)
+    s.set_epoch(2)
+    full = list(s)
+    start = min(start, len(full))
+    s.set_start(start)
+    assert list(s) == full[start:] and len(s) == len(full) - start
+    s.set_epoch(3)  # a new epoch starts from its beginning
+    assert len(s) == len(full)
+
+
+def test_sampler_order_depends_on_epoch_and_seed():
+    def order(seed, epoch):
+        s = EpochSampler(50, seed=seed)
+        s.set_epoch(epoch)
+        return [i for i, _ in s]
+
+    assert order(0, 1) == order(0, 1)
+    assert order(0, 1) != order(0, 2)
+    assert order(0, 1) != order(1, 1)
+
+
+def test_sampler_rejects_bad_arguments():
+    with pytest.raises(ValueError, match="non-empty"):
+        EpochSampler(0)
+    with pytest.raises(ValueError, match="rank"):
+        EpochSampler(5, rank=2, world_size=2)
+    with pytest.raises(ValueError, match="pad"):
+        EpochSampler(5, repeats=3, pad=False)
+
+
+class RandomAug(torch.utils.data.Dataset):
+    """Each item draws from all three global RNGs, like a timm training transform does."""
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, i):
+        return torch.tensor([float(i), random.random(), float(np.random.rand())]), torch.rand(2)
+
+
+def test_seeded_dataset_augmentation_is_independent_of_workers_and_outer_rng():
+    sampler = EpochSampler(12, seed=4)
+    sampler.set_epoch(1)
+
+    def batches(workers):
+        torch.manual_seed(workers)  # different main-process state: must not matter
+        loader = DataLoader(SeededDataset(RandomAug()), batch_size=4, sampler=sampler, num_workers=workers)
+        return [torch.cat([a.flatten(), b.flatten()]) for a, b in loader]
+
+    b0, b2 = batches(0), batches(2)
+    assert all(torch.equal(x, y) for x, y in zip(b0, b2, strict=True))
+    assert len({tuple(x.tolist()) for x in b0}) == 3  # and the draws really are random
+
+
+# ---------------------------------------------------------------- JSON lines
+
+
+def test_jsonl_logger(tmp_path):
+    path = tmp_path / "logs" / "log.jsonl"
+    log = JsonlLogger(path)
+    log.log(step=1, loss=torch.tensor(0.5), acc=np.float32(0.25), lrs=[1e-3, torch.tensor(2.0)])
+    log.log(step=2, loss=float("nan"))
+    JsonlLogger(path, enabled=False).log(step=3)
+    recs = read_jsonl(path)
+    assert [r["step"] for r in recs] == [1, 2]
+    assert recs[0]["loss"] == 0.5 and recs[0]["acc"] == 0.25 and recs[0]["lrs"] == [1e-3, 2.0]
+    assert recs[1]["loss"] == "nan" and "time" in recs[1]
+
+
+# ---------------------------------------------------------------- FLOPs
+
+
+def test_count_flops_matches_analytic_vit_count_even_with_fused_attention():
+    import timm
+
+    C, S, P, D, depth, heads, classes = 3, 32, 8, 64, 2, 2, 10
+    model = timm.create_model(
+        "vit_tiny_patch16_224", img_size=S, patch_size=P, embed_dim=D, depth=depth, num_heads=heads,
+        num_classes=classes,
+    )
+    attn = [m for m in model.modules() if hasattr(m, "fused_attn")]
+    for m in attn:
+        m.fused_attn = True
+    n = (S // P) ** 2
+    T = n + 1  # class token
+    patch = 2 * C * P * P * D * n
+    block = 2 * T * D * 3 * D + 2 * 2 * T * T * D + 2 * T * D * D + 2 * 2 * T * D * 4 * D
+    expected = patch + depth * block + 2 * D * classes
+    assert count_flops(model, torch.randn(1, C, S, S)) == expected
+    assert count_flops(model, torch.randn(2, C, S, S)) == 2 * expected
+    assert all(m.fused_attn for m in attn)  # flags restored
+    assert model.training
+
+
+def test_count_params_counts_shared_tensors_once():
+    lin = torch.nn.Linear(3, 4)
+    model = torch.nn.Sequential(lin, torch.nn.ReLU(), lin)
+    assert count_params(model) == 3 * 4 + 4
+
+
+# ---------------------------------------------------------------- distributed
+
+
+def test_init_distributed_single_process(monkeypatch):
+    for k in ("RANK", "WORLD_SIZE", "LOCAL_RANK"):
+        monkeypatch.delenv(k, raising=False)
+    ctx = init_distributed("cpu")
+    assert (ctx.rank, ctx.world_size, ctx.is_main, ctx.device.type) == (0, 1, True, "cpu")
+    assert torch.equal(all_reduce_sum(torch.tensor([1.0, 2.0])), torch.tensor([1.0, 2.0]))
+    assert all_gather_objects({"a": 1}) == [{"a": 1}]
+    teardown_distributed()
+
+
+def test_init_distributed_needs_torchrun_variables(monkeypatch):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "0")
+    monkeypatch.delenv("MASTER_ADDR", raising=False)
+    with pytest.raises(RuntimeError, match="torchrun"):
+        init_distributed("cpu")
+
+# Two gloo processes (init_distributed, all_reduce_sum, all_gather_objects) run under torchrun in
+# tests/test_pretrain.py::test_two_processes_under_torchrun.

@@ -1,0 +1,61 @@
+"""The dart-video command line on a tiny SSv2-layout dataset of real (PyAV-written) webm files."""
+
+import json
+
+import pytest
+from dart_core.training import load_checkpoint, read_jsonl
+from dart_video.cli import main
+from PIL import Image
+from test_video_data import ssv2_root, write_webm  # noqa: F401  (fixture)
+
+TINY = ["--model", "videomamba_tiny_dart_patch16_224", "--num-frames", "2", "--img-size", "32", "--num-tokens", "4",
+        "--model-kwargs", json.dumps({"depth": 1, "embed_dim": 16, "d_state": 4}), "--device", "cpu"]
+FAST = ["--batch-size", "2", "--workers", "0", "--no-progress", "--aa", "none", "--num-sample", "1"]
+
+
+@pytest.mark.filterwarnings("ignore:cannot decode")
+def test_train_resume_eval(ssv2_root, tmp_path, capsys):  # noqa: F811
+    out = tmp_path / "run"
+    common = ["--data", str(ssv2_root), *FAST, *TINY]
+    assert main(["train", *common, "--out", str(out), "--epochs", "1", "--max-steps", "1"]) == 0
+    epochs = [r for r in read_jsonl(out / "log.jsonl") if r["event"] == "epoch"]
+    assert len(epochs) == 1 and epochs[0]["epoch"] == 0 and epochs[0]["clips"] == 1
+    state = load_checkpoint(out / "last.pth")
+    assert state["epoch"] == 1 and "optimizer" in state and (out / "best.pth").is_file()
+    assert main(["train", *common, "--out", str(out), "--epochs", "2", "--max-steps", "1",
+                 "--resume", str(out / "last.pth")]) == 0
+    assert [r["epoch"] for r in read_jsonl(out / "log.jsonl") if r["event"] == "epoch"] == [0, 1]
+    capsys.readouterr()
+    assert main(["eval", "--data", str(ssv2_root), "--workers", "0", "--no-progress",
+                 "--checkpoint", str(out / "last.pth")]) == 0  # model settings from the checkpoint
+    result = json.loads(capsys.readouterr().out.strip())
+    assert result["clips"] == 1 and 0 <= result["top1"] <= result["top5"] <= 100
+    assert result["tokens"] == 4 and result["model"] == "videomamba_tiny_dart_patch16_224"
+
+
+def test_visualize_writes_the_tall_partition(tmp_path):
+    video = tmp_path / "clip.webm"
+    write_webm(video, frames=6)
+    png = tmp_path / "clip.png"
+    assert main(["visualize", str(video), *TINY, "--out", str(png)]) == 0
+    with Image.open(png) as picture:
+        assert picture.height >= 2 * 32  # two frames stacked
+
+
+def test_errors_are_one_clear_line(tmp_path, capsys):
+    assert main(["eval", "--data", str(tmp_path / "nowhere"), *TINY]) == 1
+    assert "data folder not found" in capsys.readouterr().err
+    assert main(["eval", "--data", str(tmp_path), *TINY]) == 1
+    assert "labels.json" in capsys.readouterr().err
+    assert main(["visualize", str(tmp_path / "none.webm"), *TINY]) == 1
+    assert "not found" in capsys.readouterr().err
+    plain = [a if a != "videomamba_tiny_dart_patch16_224" else "videomamba_tiny_patch16_224" for a in TINY]
+    plain = plain[:6] + plain[8:]  # no --num-tokens for a plain model
+    video = tmp_path / "clip.webm"
+    write_webm(video, frames=4)
+    assert main(["visualize", str(video), *plain]) == 1
+    assert "no DART tokenizer" in capsys.readouterr().err
+    assert main(["visualize", str(video), *plain, "--num-tokens", "4"]) == 1
+    assert "--num-tokens only applies to DART models" in capsys.readouterr().err
+    assert main(["eval", "--data", str(tmp_path), "--config", "videomamba_huge_ssv2_8f"]) == 1
+    assert "unknown config 'videomamba_huge_ssv2_8f'" in capsys.readouterr().err

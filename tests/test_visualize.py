@@ -1,0 +1,246 @@
+"""Partition pictures (dart_core.visualize) and the ``dart-core visualize`` command (dart_core.cli)."""
+
+import os
+import runpy
+import sys
+
+import numpy as np
+import pytest
+import torch
+from dart_core import Partition, cli, partition, sample_patches
+from dart_core.cli import DEFAULT_MODEL, build_model, main
+from dart_core.visualize import (
+    colormap,
+    draw_partition,
+    heatmap,
+    image_grid,
+    patch_mosaic,
+    save_partition_png,
+    to_pil,
+    token_pieces,
+)
+from PIL import Image
+
+WHITE, BLACK = (255, 255, 255), (0, 0, 0)
+
+
+def make_partition(row_edges, token_edges, grid=(2, 2)):
+    rows = torch.tensor(row_edges, dtype=torch.float64)
+    tokens = torch.tensor(token_edges, dtype=torch.float64)
+    rows, tokens = (rows[None], tokens[None]) if rows.dim() == 1 else (rows, tokens)
+    density = torch.full((rows.shape[0], *grid), 1.0 / (grid[0] * grid[1]), dtype=torch.float64)
+    return Partition(row_edges=rows, token_edges=tokens, density=density)
+
+
+def expected_boundary_mask(row_edges, token_edges, height, width):
+    """Independent oracle: the pixels a 1-px drawing of the interior boundaries covers.
+
+    Row boundary f: pixel row round(f·H). Token edge e inside row r (r < e < r + 1): column
+    round((e - r)·W) from row r's top line to its bottom line; an integer edge k < R is the left
+    border (column 0) of row k.
+    """
+    mask = np.zeros((height, width), dtype=bool)
+    lines = [min(round(f * height), height - 1) for f in row_edges]
+    for y in lines[1:-1]:
+        mask[y, :] = True
+    num_rows = len(row_edges) - 1
+    for e in token_edges[1:-1]:
+        for r in range(num_rows):
+            if r < e < r + 1:
+                column = min(round((e - r) * width), width - 1)
+            elif e == r:
+                column = 0
+            else:
+                continue
+            mask[lines[r]:lines[r + 1] + 1, column] = True
+    return mask
+
+
+def drawn_mask(row_edges, token_edges, height, width, index=0):
+    part = make_partition(row_edges, token_edges)
+    blank = np.zeros((height, width, 3), dtype=np.uint8)
+    picture = draw_partition(blank, part, index=index, shade=False, line_color=WHITE)
+    assert picture.size == (width, height)
+    return np.asarray(picture).all(-1)
+
+
+def test_boundaries_land_where_the_partition_says_hand_made():
+    # Three rows; an exact-integer token edge (1.0: start of row 1); a token straddling rows 1-2.
+    rows = [0.0, 0.3, 0.55, 1.0]
+    tokens = [0.0, 0.213, 0.66, 1.0, 1.38, 1.92, 2.4, 3.0]
+    height, width = 40, 50
+    mask = drawn_mask(rows, tokens, height, width)
+    np.testing.assert_array_equal(mask, expected_boundary_mask(rows, tokens, height, width))
+    # Spot checks by hand: row lines at y = 0.3·40 = 12 and 0.55·40 = 22; edge 0.66 → column 33.
+    assert mask[12].all() and mask[22].all() and not mask[5].all()
+    assert mask[0:13, 33].all() and not mask[14:22, 33].any()
+    assert mask[12:23, 0].all()  # the integer edge 1.0 is the left border of row 1
+    assert mask[22:40, 20].all() and mask[22:40, 0].sum() == 1  # 2.4 → column 20 in row 2 only
+
+
+def test_boundaries_land_where_the_partition_says_random_scores():
+    torch.manual_seed(0)
+    scores = torch.rand(2, 5, 6) ** 3 + 0.01
+    part = partition(scores, num_rows=4, num_tokens=17)
+    height, width = 61, 83
+    for index in range(2):
+        rows = part.row_edges[index].tolist()
+        tokens = part.token_edges[index].tolist()
+        mask = np.asarray(draw_partition(np.zeros((height, width, 3), np.uint8), part, index=index, shade=False)).all(-1)
+        np.testing.assert_array_equal(mask, expected_boundary_mask(rows, tokens, height, width))
+
+
+def test_straddling_token_is_drawn_in_both_rows():
+    part = make_partition([0.0, 0.5, 1.0], [0.0, 0.6, 1.3, 2.0])
+    pieces = token_pieces(part)
+    assert [piece[:2] for piece in pieces] == [(0, 0), (1, 0), (1, 1), (2, 1)]
+    np.testing.assert_allclose([piece[2:] for piece in pieces], [(0.0, 0.6), (0.6, 1.0), (0.0, 0.3), (0.3, 1.0)], atol=1e-12)
+    palette = [(200, 0, 0), (0, 200, 0), (0, 0, 200)]
+    picture = np.asarray(draw_partition(np.zeros((20, 100, 3), np.uint8), part, palette=palette, shade_alpha=1.0))
+    assert tuple(picture[5, 30]) == palette[0]
+    assert tuple(picture[5, 80]) == palette[1] and tuple(picture[15, 15]) == palette[1]  # token 1 in rows 0 and 1
+    assert tuple(picture[15, 65]) == palette[2]
+    # A token ending exactly at a row end has one piece, and the next starts the next row.
+    exact = make_partition([0.0, 0.5, 1.0], [0.0, 0.5, 1.0, 1.5, 2.0])
+    assert [piece[:2] for piece in token_pieces(exact)] == [(0, 0), (1, 0), (2, 1), (3, 1)]
+
+
+def test_heatmap_colours_follow_the_scores():
+    scores = torch.tensor([[[1.0, 3.0], [2.0, 5.0]]])
+    picture = np.asarray(heatmap(np.zeros((40, 60, 3), np.uint8), scores, alpha=1.0, smooth=False))
+    viridis_low, viridis_mid, viridis_high = (68, 1, 84), (33, 145, 140), (253, 231, 37)
+    assert tuple(picture[10, 15]) == viridis_low  # cell (0, 0): the minimum
+    assert tuple(picture[30, 45]) == viridis_high  # cell (1, 1): the maximum
+    assert tuple(picture[10, 45]) == viridis_mid  # cell (0, 1): 3 is halfway between 1 and 5
+    blended = np.asarray(heatmap(np.full((40, 60, 3), 100, np.uint8), scores[0], alpha=0.5, smooth=False))
+    np.testing.assert_allclose(blended[10, 15], (np.array(viridis_low) + 100) / 2, atol=1)
+    assert colormap(np.array([-1.0, 2.0])).tolist() == [list(viridis_low), list(viridis_high)]
+
+
+def test_to_pil_undoes_normalisation_and_checks_shapes():
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(6, 7, 3), dtype=np.uint8)
+    mean, std = (0.485, 0.456, 0.406), (0.229, 0.224, 0.225)
+    tensor = (torch.from_numpy(image).permute(2, 0, 1).double() / 255 - torch.tensor(mean).view(3, 1, 1)) \
+        / torch.tensor(std).view(3, 1, 1)
+    batch = torch.stack([torch.zeros_like(tensor), tensor])
+    np.testing.assert_array_equal(np.asarray(to_pil(batch, index=1, mean=mean, std=std)), image)
+    grey = np.asarray(to_pil(image[..., 0]))
+    np.testing.assert_array_equal(grey, np.repeat(image[..., :1], 3, axis=-1))
+    with pytest.raises(ValueError, match="1, 3 or 4 channels"):
+        to_pil(np.zeros((4, 4, 5)))
+    with pytest.raises(ValueError, match=r"\(C, H, W\)"):
+        to_pil(torch.zeros(4, 4))
+
+
+def test_mosaic_of_a_uniform_partition_is_the_image():
+    h, w, patch = 3, 4, 5
+    rng = np.random.default_rng(1)
+    image = rng.integers(0, 256, size=(h * patch, w * patch, 3), dtype=np.uint8)
+    images = torch.from_numpy(image).permute(2, 0, 1)[None].double() / 255
+    part = partition(torch.ones(1, h, w), num_rows=h, num_tokens=h * w)
+    patches = sample_patches(images, part, patch)
+    mosaic = patch_mosaic(patches, columns=w, gap=0)
+    np.testing.assert_array_equal(np.asarray(mosaic), image)
+
+
+def test_mosaic_layout_is_row_major_near_square():
+    patches = torch.stack([torch.full((3, 2, 2), k * 50 / 255, dtype=torch.float64) for k in range(5)])  # (N=5, C, P, P)
+    mosaic = np.asarray(patch_mosaic(patches, gap=1, background=(255, 0, 255)))
+    assert mosaic.shape == (2 * 2 + 1, 3 * 2 + 2, 3)  # ceil(sqrt 5) = 3 columns, 2 rows
+    for k in range(5):
+        top, left = (k // 3) * 3, (k % 3) * 3
+        assert (mosaic[top:top + 2, left:left + 2] == k * 50).all()
+    assert tuple(mosaic[3, 7 - 1]) == (255, 0, 255)  # the unused sixth cell
+    with pytest.raises(ValueError, match=r"\(B, N, C, P, P\)"):
+        patch_mosaic(torch.zeros(2, 3, 4, 5))
+
+
+def test_image_grid_places_pictures_and_captions():
+    red = Image.new("RGB", (10, 6), (255, 0, 0))
+    blue = np.zeros((8, 5, 3), np.uint8)
+    blue[..., 2] = 255
+    grid = np.asarray(image_grid([red, blue], captions=["red", "blue"], pad=2))
+    assert grid.shape[1] == 2 + 2 * (10 + 2)
+    assert (grid[2:8, 2:12] == (255, 0, 0)).all()
+    assert (grid[2:10, 14:19] == (0, 0, 255)).all()
+    assert (grid[8:10, 2:12] == 255).all()  # below the shorter picture: background
+    caption_band = grid[11:-2, 2:12]
+    assert (caption_band < 128).any()  # the caption's text is drawn
+    with pytest.raises(ValueError, match="2 captions for 1 images"):
+        image_grid([red], captions=["a", "b"])
+
+
+def test_save_partition_png_writes_the_drawing(tmp_path):
+    part = make_partition([0.0, 0.5, 1.0], [0.0, 0.6, 1.3, 2.0])
+    image = np.full((20, 30, 3), 90, np.uint8)
+    scores = torch.rand(1, 2, 2)
+    path = tmp_path / "sub" / "p.png"
+    picture = save_partition_png(path, image, part, scores=scores)
+    np.testing.assert_array_equal(np.asarray(Image.open(path)), np.asarray(picture))
+    assert list(tmp_path.joinpath("sub").iterdir()) == [path]  # no temporary file left behind
+
+
+@pytest.fixture(scope="module")
+def astronaut_png(tmp_path_factory):
+    import skimage.data
+
+    path = tmp_path_factory.mktemp("photo") / "astronaut.png"
+    Image.fromarray(skimage.data.astronaut()).save(path)
+    return str(path)
+
+
+def test_cli_visualize_end_to_end(astronaut_png, tmp_path, capsys):
+    out = tmp_path / "astronaut_dart.png"
+    assert main(["visualize", astronaut_png, "--out", str(out), "--num-tokens", "100", "--mosaic"]) == 0
+    picture = Image.open(out)
+    assert picture.format == "PNG" and picture.mode == "RGB"
+    assert picture.width == 4 + 3 * (448 + 4)  # heat map, partition and mosaic panels of a 448 input
+    err = capsys.readouterr().err
+    assert "100 tokens in 10 rows on a 448x448 input" in err and str(out) in err
+    # The partition panel differs from the heat map panel (lines and tints were drawn).
+    pixels = np.asarray(picture)
+    assert not np.array_equal(pixels[4:452, 4:452], pixels[4:452, 456:904])
+
+
+def test_cli_loads_a_checkpoint(astronaut_png, tmp_path, capsys, monkeypatch):
+    source = build_model(DEFAULT_MODEL)
+    checkpoint = tmp_path / "ours.pth"
+    torch.save({"model": source.state_dict()}, checkpoint)
+    built = []
+    monkeypatch.setattr(cli, "build_model", lambda *args: built.append(build_model(*args)) or built[-1])
+    out = tmp_path / "from_checkpoint.png"
+    assert main(["visualize", astronaut_png, "--checkpoint", str(checkpoint), "--out", str(out)]) == 0
+    assert Image.open(out).width == 4 + 2 * (448 + 4)
+    loaded = built[0].state_dict()
+    for key, value in source.state_dict().items():  # a fresh model has other random weights
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+    broken = tmp_path / "broken.pth"
+    torch.save({k: v for k, v in source.state_dict().items() if k != "head.weight"}, broken)
+    assert main(["visualize", astronaut_png, "--checkpoint", str(broken), "--out", str(out)]) == 1
+    assert "missing keys (1): head.weight" in capsys.readouterr().err
+
+
+def test_cli_errors_are_clear(tmp_path, capsys):
+    missing = tmp_path / "nope.png"
+    assert main(["visualize", str(missing)]) == 1
+    assert f"image file not found: {missing}" in capsys.readouterr().err
+    text = tmp_path / "text.png"
+    text.write_text("not an image")
+    assert main(["visualize", str(text)]) == 1
+    assert "is not an image Pillow can read" in capsys.readouterr().err
+    Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
+    assert main(["visualize", str(tmp_path / "ok.png"), "--model", "resnet18"]) == 1
+    err = capsys.readouterr().err
+    assert "unknown model 'resnet18'" in err and DEFAULT_MODEL in err
+    assert main(["visualize", str(tmp_path / "ok.png"), "--checkpoint", str(tmp_path / "none.pth")]) == 1
+    assert "checkpoint file not found" in capsys.readouterr().err
+    assert not os.path.exists("ok_dart.png")
+
+
+def test_python_dash_m_runs_the_cli(tmp_path, capsys, monkeypatch):
+    monkeypatch.setattr(sys, "argv", ["python -m dart_core", "visualize", str(tmp_path / "missing.jpg")])
+    with pytest.raises(SystemExit) as exit_info:
+        runpy.run_module("dart_core", run_name="__main__")
+    assert exit_info.value.code == 1
+    assert "dart-core: error: image file not found" in capsys.readouterr().err

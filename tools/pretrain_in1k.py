@@ -1,0 +1,497 @@
+#!/usr/bin/env python
+"""ImageNet(-style) pretraining and evaluation of DART and baseline timm models.
+
+Single process:     python tools/pretrain_in1k.py --data-dir /data/in1k --model deit_tiny_dart_patch16_448
+One node, 8 GPUs:   torchrun --nproc_per_node=8 tools/pretrain_in1k.py --data-dir ... [--config recipe.yaml]
+Several nodes:      torchrun --nnodes=4 --nproc_per_node=8 --rdzv_backend=c10d --rdzv_endpoint=HOST:29500 \
+                        --rdzv_id=JOB tools/pretrain_in1k.py ...
+Resume:             the same command with --resume auto (or --resume PATH/last.pth)
+Evaluate:           python tools/pretrain_in1k.py --eval --checkpoint darvit-tiny.pth --data-dir ... \
+                        --model deit_tiny_dart_patch16_448 --model-kwargs '{scorer_batch_stats: true}'
+                    (a published darvit-*.pth goes through dart_core's converter; the published
+                    scorers standardise with batch statistics, hence scorer_batch_stats). Reports
+                    top-1/top-5, parameters and FLOPs per image (both including the scorer) and
+                    images/s of the model's forward passes (summed over processes).
+
+Defaults follow DeiT (AdamW, 1e-3 per 1024 images, weight decay 0.05, cosine, 5 warm-up epochs,
+300 epochs, RandAugment, random erasing, repeated augmentation, Mixup/CutMix, label smoothing).
+``<output-dir>/last.pth`` is rewritten atomically every ``--ckpt-interval`` optimizer steps and at
+each epoch's end, with everything needed to continue exactly (model, optimizer, scheduler,
+scaler, EMA, every rank's RNG states, epoch and step); ``best.pth`` keeps the best top-1.
+Logs: ``<output-dir>/log.jsonl`` (one JSON object per line), optional TensorBoard in ``tb/``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import os
+import signal
+import sys
+import time
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+
+import dart_core  # noqa: E402,F401  (registers the DeiT + DART models with timm)
+import dart_core.mamba  # noqa: E402,F401  (registers Vim and Vim + DART)
+import timm  # noqa: E402
+import torch  # noqa: E402
+import torch.nn.functional as F  # noqa: E402
+from dart_core.checkpoint import convert_published_deit, load_exact, read_state_dict  # noqa: E402
+from dart_core.training import (  # noqa: E402
+    DistContext,
+    EpochSampler,
+    JsonlLogger,
+    all_gather_objects,
+    all_reduce_sum,
+    capture_rng_state,
+    count_flops,
+    count_params,
+    init_distributed,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+    seed_everything,
+    seed_rank,
+    teardown_distributed,
+)
+from pretrain_config import UsageError, parse_args, plain_args, scaled_lr  # noqa: E402
+from pretrain_data import build_mixup, build_transforms, check_same_classes, image_folder, make_loader  # noqa: E402
+from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # noqa: E402
+from timm.optim import create_optimizer_v2  # noqa: E402
+from timm.scheduler import create_scheduler_v2  # noqa: E402
+from timm.utils import ModelEmaV3  # noqa: E402
+from torch.nn.parallel import DistributedDataParallel  # noqa: E402
+from tqdm import tqdm  # noqa: E402
+
+CHECKPOINT_FORMAT = "dart-pretrain-1"
+
+
+# ---------------------------------------------------------------- model
+
+
+def build_model(args, num_classes: int) -> torch.nn.Module:
+    """``timm.create_model(args.model)`` with the DART options folded into its kwargs."""
+    if not timm.is_model(args.model):
+        raise UsageError(f"unknown model {args.model!r}: use a timm.create_model name (timm.list_models('*dart*'))")
+    dart_opts = {
+        "scorer_backbone": args.scorer,
+        "scorer_weights": args.scorer_weights,
+        "scorer_version": args.scorer_version,
+        "num_tokens": args.num_tokens,
+    }
+    dart_opts = {k: v for k, v in dart_opts.items() if v is not None}
+    kwargs = dict(args.model_kwargs, **dart_opts)
+    try:
+        return timm.create_model(args.model, num_classes=num_classes, drop_path_rate=args.drop_path, **kwargs)
+    except TypeError as e:
+        if dart_opts and "unexpected keyword" in str(e):
+            flags = ", ".join("--" + k.replace("scorer_backbone", "scorer").replace("_", "-") for k in dart_opts)
+            raise UsageError(f"{flags} only apply to DART models; {args.model!r} is not one ({e})") from e
+        raise
+
+
+def default_input_size(model: torch.nn.Module) -> int:
+    """The side the model was built for: its patch embedding's img_size, else its pretrained cfg."""
+    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
+    if size is not None:
+        return int(size[0]) if isinstance(size, (tuple, list)) else int(size)
+    return int(timm.data.resolve_model_data_config(model)["input_size"][-1])
+
+
+@torch.no_grad()
+def check_input_size(model: torch.nn.Module, size: int, device: torch.device, name: str) -> None:
+    """One forward pass on a (1, 3, size, size) batch; a failure becomes a clear UsageError."""
+    was_training = model.training
+    model.eval()
+    try:
+        model(torch.zeros(1, 3, size, size, device=device))
+    except Exception as e:  # any shape complaint from any model
+        raise UsageError(
+            f"model {name!r} cannot take {size}x{size} inputs ({type(e).__name__}: {e}). Use --input-size "
+            f"{default_input_size(model)} (the size it was built for), or build it for {size} with "
+            f"--model-kwargs '{{img_size: {size}}}'"
+        ) from e
+    finally:
+        model.train(was_training)
+
+
+def classifier_names(model: torch.nn.Module) -> tuple[str, ...]:
+    head = getattr(model, "pretrained_cfg", {}).get("classifier", "head")
+    return tuple(head) if isinstance(head, (list, tuple)) else (head,)
+
+
+def fit_classifier(model, state: dict, num_classes: int, source: str, data_dir: str, reset_head: bool = False) -> dict:
+    """Check the checkpoint's classifier against the data's class count (or replace it by the
+    model's freshly initialised one with ``reset_head``)."""
+    own = model.state_dict()
+    state = dict(state)
+    for head in classifier_names(model):
+        weight = state.get(f"{head}.weight")
+        if weight is None or weight.shape[0] == num_classes:
+            continue
+        if not reset_head:
+            raise UsageError(
+                f"{source} has a {weight.shape[0]}-class classifier but {data_dir} has {num_classes} classes. "
+                "Evaluate/resume on data with the checkpoint's classes, or start from its weights with "
+                "--pretrained PATH --reset-head"
+            )
+        for key in (f"{head}.weight", f"{head}.bias"):
+            if key in own:
+                state[key] = own[key]
+    return state
+
+
+def weights_from(path: str, use_ema: bool = False) -> dict:
+    """Model weights from one of our checkpoints (live or EMA) or a published one (DeiT / darvit,
+    converted to our layout)."""
+    ckpt = load_checkpoint(path)
+    if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
+        if use_ema:
+            if ckpt.get("ema") is None:
+                raise UsageError(f"{path} holds no EMA weights (trained without --model-ema); drop --eval-ema")
+            return ckpt["ema"]
+        return ckpt["model"]
+    if use_ema:
+        raise UsageError("--eval-ema needs a checkpoint written by pretrain_in1k")
+    return convert_published_deit(read_state_dict(path))
+
+
+# ---------------------------------------------------------------- evaluation
+
+
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def autocast(args, ctx: DistContext):
+    enabled = ctx.device.type == "cuda" and args.amp_dtype != "none"
+    dtype = torch.float16 if args.amp_dtype == "float16" else torch.bfloat16
+    return torch.autocast(device_type=ctx.device.type, dtype=dtype, enabled=enabled)
+
+
+@torch.no_grad()
+def evaluate(model, loader, args, ctx: DistContext, num_classes: int) -> dict:
+    """Top-1/top-5 (%), mean loss and model images/s over the whole val/ split (all ranks)."""
+    model.eval()
+    k = min(5, num_classes)
+    totals = torch.zeros(4, dtype=torch.float64)  # top-1 hits, top-k hits, images, loss sum
+    model_seconds = 0.0
+    for images, targets in tqdm(loader, desc="eval", disable=args.no_progress or not ctx.is_main, leave=False):
+        images = images.to(ctx.device, non_blocking=True)
+        targets = targets.to(ctx.device, non_blocking=True)
+        _sync(ctx.device)
+        start = time.perf_counter()
+        with autocast(args, ctx):
+            logits = model(images)
+        _sync(ctx.device)
+        model_seconds += time.perf_counter() - start
+        hits = logits.topk(k, dim=1).indices.eq(targets[:, None])
+        loss = F.cross_entropy(logits.float(), targets, reduction="sum")
+        totals += torch.tensor([hits[:, 0].sum().item(), hits.any(1).sum().item(), len(targets), loss.item()],
+                               dtype=torch.float64)
+    rate = totals[2] / model_seconds if model_seconds > 0 else torch.tensor(0.0, dtype=torch.float64)
+    summed = all_reduce_sum(torch.cat([totals, rate.view(1)]).to(ctx.device)).cpu()
+    n = max(summed[2].item(), 1.0)
+    return {
+        "top1": 100 * summed[0].item() / n,
+        "top5": 100 * summed[1].item() / n,
+        "loss": summed[3].item() / n,
+        "images": int(summed[2].item()),
+        "images_per_s": summed[4].item(),
+    }
+
+
+def model_stats(model: torch.nn.Module, input_size: int, device: torch.device) -> dict:
+    """Parameters (all, incl. a DART scorer) and FLOPs per image (with the scorer)."""
+    flops = count_flops(model, torch.zeros(1, 3, input_size, input_size, device=device))
+    return {
+        "params": count_params(model),
+        "params_trainable": sum(p.numel() for p in model.parameters() if p.requires_grad),
+        "gflops": flops / 1e9,
+        "input_size": input_size,
+    }
+
+
+# ---------------------------------------------------------------- training
+
+
+class Trainer:
+    """Owns the training state; ``state_dict``/``load`` cover everything an exact resume needs."""
+
+    def __init__(self, args, ctx: DistContext, model, num_classes: int, steps_per_epoch: int):
+        self.args, self.ctx, self.model = args, ctx, model
+        self.steps_per_epoch = steps_per_epoch
+        self.optimizer = create_optimizer_v2(
+            model, opt=args.opt, lr=scaled_lr(args, ctx.world_size), weight_decay=args.weight_decay, eps=args.opt_eps
+        )
+        self.scheduler, _ = create_scheduler_v2(
+            self.optimizer, sched=args.sched, num_epochs=args.epochs, warmup_epochs=args.warmup_epochs,
+            min_lr=args.min_lr, warmup_lr=args.warmup_lr, step_on_epochs=False, updates_per_epoch=steps_per_epoch,
+        )
+        fp16 = ctx.device.type == "cuda" and args.amp_dtype == "float16"
+        self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=fp16)
+        self.ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
+        net = model
+        if ctx.world_size > 1:
+            net = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+        self.ddp = net if ctx.world_size > 1 else None
+        self.net = torch.compile(net) if args.compile else net
+        self.mixup = build_mixup(args, num_classes)
+        if self.mixup is not None:
+            self.criterion = SoftTargetCrossEntropy()
+        elif args.smoothing > 0:
+            self.criterion = LabelSmoothingCrossEntropy(args.smoothing)
+        else:
+            self.criterion = torch.nn.CrossEntropyLoss()
+        self.epoch, self.step_in_epoch, self.global_step, self.best_top1 = 0, 0, 0, None
+
+    def state_dict(self, classes: list[str]) -> dict:
+        rng = all_gather_objects(capture_rng_state())  # every rank's RNGs (collective)
+        return {
+            "format": CHECKPOINT_FORMAT,
+            "model_name": self.args.model,
+            "model": self.model.state_dict(),
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "ema": self.ema.module.state_dict() if self.ema is not None else None,
+            "epoch": self.epoch,
+            "step_in_epoch": self.step_in_epoch,
+            "global_step": self.global_step,
+            "steps_per_epoch": self.steps_per_epoch,
+            "world_size": self.ctx.world_size,
+            "batch_size": self.args.batch_size,
+            "accum_steps": self.args.accum_steps,
+            "rng": rng,
+            "classes": list(classes),
+            "best_top1": self.best_top1,
+            "args": plain_args(self.args),
+        }
+
+    def save(self, classes: list[str], names: tuple[str, ...] = ("last.pth",)) -> None:
+        state = self.state_dict(classes)
+        if self.ctx.is_main:
+            for name in names:
+                save_checkpoint(state, os.path.join(self.args.output_dir, name))
+
+    def load(self, path: str, num_classes: int) -> None:
+        ckpt = load_checkpoint(path)
+        if not (isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT):
+            raise UsageError(f"{path} is not a pretrain_in1k checkpoint; start from other weights with --pretrained")
+        if ckpt["model_name"] != self.args.model:
+            raise UsageError(f"{path} was trained as {ckpt['model_name']!r}, not {self.args.model!r}; pass --model "
+                             f"{ckpt['model_name']}")
+        state = fit_classifier(self.model, ckpt["model"], num_classes, path, self.args.data_dir)
+        load_exact(self.model, state, source=path)
+        self.optimizer.load_state_dict(ckpt["optimizer"])
+        self.scheduler.load_state_dict(ckpt["scheduler"])
+        self.scaler.load_state_dict(ckpt["scaler"])
+        if self.ema is not None:
+            self.ema.module.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])
+        self.epoch, self.step_in_epoch = ckpt["epoch"], ckpt["step_in_epoch"]
+        self.global_step, self.best_top1 = ckpt["global_step"], ckpt["best_top1"]
+        same_layout = (ckpt["world_size"], ckpt["batch_size"], ckpt["accum_steps"], ckpt["steps_per_epoch"]) == (
+            self.ctx.world_size, self.args.batch_size, self.args.accum_steps, self.steps_per_epoch)
+        if self.step_in_epoch and not same_layout:
+            raise UsageError(
+                f"{path} was saved mid-epoch by {ckpt['world_size']} process(es) with batch {ckpt['batch_size']} x "
+                f"{ckpt['accum_steps']} accumulation and {ckpt['steps_per_epoch']} steps per epoch; resume with "
+                "the same settings and data, or from an epoch-end checkpoint"
+            )
+        if ckpt["world_size"] == self.ctx.world_size:
+            restore_rng_state(ckpt["rng"][self.ctx.rank])
+        else:
+            seed_rank(self.args.seed + 1000 * self.epoch, self.ctx.rank)
+
+    def train_step(self, batches) -> float:
+        """One optimizer step over ``accum_steps`` micro-batches; returns the mean loss."""
+        args, ctx = self.args, self.ctx
+        self.scheduler.step_update(self.global_step)
+        self.net.train()
+        total = torch.zeros((), device=ctx.device)
+        for micro in range(args.accum_steps):
+            images, targets = next(batches)
+            images = images.to(ctx.device, non_blocking=True)
+            targets = targets.to(ctx.device, non_blocking=True)
+            if self.mixup is not None:
+                images, targets = self.mixup(images, targets)
+            last = micro == args.accum_steps - 1
+            no_sync = self.ddp.no_sync() if self.ddp is not None and not last else contextlib.nullcontext()
+            with no_sync:
+                with autocast(args, ctx):
+                    loss = self.criterion(self.net(images), targets) / args.accum_steps
+                self.scaler.scale(loss).backward()
+            total += loss.detach().float()
+        if args.clip_grad is not None:
+            self.scaler.unscale_(self.optimizer)
+            torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip_grad)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.global_step += 1
+        self.step_in_epoch += 1
+        if self.ema is not None:
+            self.ema.update(self.model, step=self.global_step)
+        value = total.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value} at step {self.global_step}; lower --lr/--blr or set --clip-grad")
+        return value
+
+
+def tensorboard_writer(args, ctx: DistContext):
+    if not (args.tensorboard and ctx.is_main):
+        return None
+    from torch.utils.tensorboard import SummaryWriter
+
+    return SummaryWriter(os.path.join(args.output_dir, "tb"))
+
+
+def train(args, ctx: DistContext, model, train_ds, val_ds, logger: JsonlLogger) -> dict:
+    num_classes = len(train_ds.classes)
+    if build_mixup(args, num_classes) is not None and args.batch_size % 2:
+        raise UsageError(f"Mixup/CutMix need an even --batch-size, got {args.batch_size}")
+    sampler = EpochSampler(len(train_ds), ctx.rank, ctx.world_size, repeats=args.repeated_aug, seed=args.seed)
+    steps_per_epoch = sampler.epoch_length() // args.batch_size // args.accum_steps
+    if steps_per_epoch == 0:
+        raise UsageError(
+            f"train/ gives each of the {ctx.world_size} process(es) {sampler.epoch_length()} images per epoch, fewer "
+            f"than one optimizer step's {args.batch_size} x {args.accum_steps}; lower --batch-size/--accum-steps"
+        )
+    trainer = Trainer(args, ctx, model, num_classes, steps_per_epoch)
+    resume = args.resume
+    if resume == "auto":
+        resume = os.path.join(args.output_dir, "last.pth")
+        resume = resume if os.path.isfile(resume) else None
+    if resume:
+        trainer.load(resume, num_classes)
+    else:
+        if args.pretrained:
+            state = fit_classifier(model, weights_from(args.pretrained), num_classes, args.pretrained, args.data_dir,
+                                   reset_head=args.reset_head)
+            load_exact(model, state, source=args.pretrained)
+            if trainer.ema is not None:
+                trainer.ema.module.load_state_dict(model.state_dict())
+        seed_rank(args.seed, ctx.rank)
+    logger.log(event="start", args=plain_args(args), world_size=ctx.world_size, steps_per_epoch=steps_per_epoch,
+               lr=scaled_lr(args, ctx.world_size), resumed_from=resume, epoch=trainer.epoch,
+               step_in_epoch=trainer.step_in_epoch)
+    loader = make_loader(train_ds, sampler, args.batch_size, args, ctx, train=True)
+    val_sampler = EpochSampler(len(val_ds), ctx.rank, ctx.world_size, shuffle=False, pad=False, seed=args.seed)
+    val_loader = make_loader(val_ds, val_sampler, args.eval_batch_size, args, ctx, train=False)
+    writer = tensorboard_writer(args, ctx)
+    stats: dict = {}
+    while trainer.epoch < args.epochs:
+        epoch = trainer.epoch
+        sampler.set_epoch(epoch)
+        sampler.set_start(trainer.step_in_epoch * args.accum_steps * args.batch_size)
+        batches = iter(loader)
+        bar = tqdm(total=steps_per_epoch, initial=trainer.step_in_epoch, desc=f"epoch {epoch}",
+                   disable=args.no_progress or not ctx.is_main)
+        losses = []
+        while trainer.step_in_epoch < steps_per_epoch:
+            loss = trainer.train_step(batches)
+            losses.append(loss)
+            bar.update(1)
+            lr = trainer.optimizer.param_groups[0]["lr"]
+            if trainer.global_step % args.log_interval == 0 or trainer.step_in_epoch == steps_per_epoch:
+                logger.log(event="train", epoch=epoch, step=trainer.step_in_epoch, global_step=trainer.global_step,
+                           loss=loss, lr=lr)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                if writer is not None:
+                    writer.add_scalar("train/loss", loss, trainer.global_step)
+                    writer.add_scalar("train/lr", lr, trainer.global_step)
+            if trainer.global_step % args.ckpt_interval == 0 and trainer.step_in_epoch < steps_per_epoch:
+                trainer.save(train_ds.classes)
+            if args.debug_kill_at_step == trainer.global_step:
+                os.kill(os.getpid(), signal.SIGKILL)  # tests: die like a pre-empted job, no clean-up
+        bar.close()
+        del batches
+        stats = evaluate(model, val_loader, args, ctx, num_classes)
+        improved = trainer.best_top1 is None or stats["top1"] > trainer.best_top1
+        trainer.best_top1 = stats["top1"] if improved else trainer.best_top1
+        if trainer.ema is not None:
+            stats.update({f"ema_{k}": v for k, v in evaluate(trainer.ema.module, val_loader, args, ctx,
+                                                            num_classes).items()})
+        trainer.epoch, trainer.step_in_epoch = epoch + 1, 0
+        trainer.save(train_ds.classes, ("last.pth", "best.pth") if improved else ("last.pth",))
+        record = dict(event="epoch", epoch=epoch, global_step=trainer.global_step,
+                      train_loss=sum(losses) / max(len(losses), 1), best_top1=trainer.best_top1, **stats)
+        logger.log(**record)
+        if writer is not None:
+            for key in ("top1", "top5", "loss"):
+                writer.add_scalar(f"val/{key}", stats[key], epoch)
+        if ctx.is_main and args.no_progress:
+            print(f"epoch {epoch}: top1 {stats['top1']:.2f} top5 {stats['top5']:.2f}", flush=True)
+    if writer is not None:
+        writer.close()
+    return {"epoch": trainer.epoch, "global_step": trainer.global_step, "best_top1": trainer.best_top1, **stats}
+
+
+def evaluate_only(args, ctx: DistContext, model, val_ds, input_size: int, logger: JsonlLogger) -> dict:
+    source = args.checkpoint or args.pretrained
+    if source is None:
+        raise UsageError("--eval needs --checkpoint PATH (one of our checkpoints or a published DeiT/darvit file)")
+    num_classes = len(val_ds.classes)
+    state = fit_classifier(model, weights_from(source, use_ema=args.eval_ema), num_classes, source, args.data_dir)
+    load_exact(model, state, source=source)
+    sampler = EpochSampler(len(val_ds), ctx.rank, ctx.world_size, shuffle=False, pad=False, seed=args.seed)
+    stats = evaluate(model, make_loader(val_ds, sampler, args.eval_batch_size, args, ctx, train=False), args, ctx,
+                     num_classes)
+    stats.update(model_stats(model, input_size, ctx.device), checkpoint=source, model=args.model)
+    logger.log(event="eval", **stats)
+    if ctx.is_main:
+        print(" ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in stats.items()), flush=True)
+    return stats
+
+
+# ---------------------------------------------------------------- entry point
+
+
+def main(argv: list[str] | None = None) -> dict:
+    """Train (or ``--eval``) as the flags say; returns the final metrics (all ranks)."""
+    args = parse_args(argv)
+    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    if args.deterministic:
+        os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(True)
+    ctx = init_distributed(args.device)
+    ok = False
+    try:
+        seed_everything(args.seed)  # identical model initialisation on every rank
+        val_ds = image_folder(args.data_dir, "val", None)
+        train_ds = None
+        if not args.eval:
+            train_ds = image_folder(args.data_dir, "train", None)
+            check_same_classes(train_ds, val_ds)
+        model = build_model(args, len(val_ds.classes)).to(ctx.device)
+        input_size = args.input_size or default_input_size(model)
+        check_input_size(model, input_size, ctx.device, args.model)
+        train_tf, eval_tf = build_transforms(args, input_size)
+        val_ds.transform = eval_tf
+        if ctx.is_main:
+            os.makedirs(args.output_dir, exist_ok=True)
+        logger = JsonlLogger(os.path.join(args.output_dir, "log.jsonl"), enabled=ctx.is_main)
+        if args.eval:
+            result = evaluate_only(args, ctx, model, val_ds, input_size, logger)
+            ok = True
+            return result
+        train_ds.transform = train_tf
+        result = train(args, ctx, model, train_ds, val_ds, logger)
+        ok = True
+        return result
+    finally:
+        teardown_distributed(wait=ok)
+        torch.use_deterministic_algorithms(was_deterministic)
+
+
+def cli() -> None:
+    try:
+        main()
+    except UsageError as e:
+        sys.exit(f"pretrain_in1k: error: {e}")
+
+
+if __name__ == "__main__":
+    cli()

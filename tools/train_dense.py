@@ -1,0 +1,84 @@
+"""Train, validate, test or resume a dart_dense detection/segmentation config with mmengine's Runner.
+
+    python tools/train_dense.py CONFIG [--work-dir DIR] [--resume [PATH]] [--load-from CKPT]
+                                [--val | --test] [--cfg-options key=value ...]
+    torchrun --nproc_per_node=N tools/train_dense.py CONFIG --launcher pytorch
+
+``--resume`` alone resumes from the work dir's latest checkpoint; with a path, from that file.
+``--val`` / ``--test`` evaluate ``--load-from`` (or the config's ``load_from``) on the validation /
+test set instead of training. Without CUDA, torchrun runs use the gloo backend on the CPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os.path as osp
+
+import torch
+from mmengine.config import Config, DictAction
+from mmengine.registry import RUNNERS
+from mmengine.runner import Runner
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("config", help="a Python config, e.g. packages/dart-dense/configs/...py")
+    parser.add_argument("--work-dir", help="where logs and checkpoints go (default: work_dirs/<config name>)")
+    parser.add_argument("--resume", nargs="?", const="auto", help="resume training: latest checkpoint, or PATH")
+    parser.add_argument("--load-from", help="initialise the model from a checkpoint (weights only)")
+    evaluate = parser.add_mutually_exclusive_group()
+    evaluate.add_argument("--val", action="store_true", help="evaluate on the validation set instead of training")
+    evaluate.add_argument("--test", action="store_true", help="evaluate on the test set instead of training")
+    parser.add_argument("--cfg-options", nargs="+", action=DictAction, help="override config keys, key=value")
+    parser.add_argument("--launcher", choices=["none", "pytorch", "slurm", "mpi"], default="none")
+    parser.add_argument("--local-rank", "--local_rank", type=int, default=0)
+    return parser.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> Config:
+    cfg = Config.fromfile(args.config)  # imports custom_imports (dart_dense) and registers its modules
+    if args.cfg_options:
+        cfg.merge_from_dict(args.cfg_options)
+    cfg.launcher = args.launcher
+    cfg.work_dir = args.work_dir or cfg.get("work_dir") or osp.join(
+        "work_dirs", osp.splitext(osp.basename(args.config))[0]
+    )
+    if args.load_from:
+        cfg.load_from = args.load_from
+    if args.resume == "auto":
+        cfg.resume, cfg.load_from = True, None
+    elif args.resume:
+        cfg.resume, cfg.load_from = True, args.resume
+    return cfg
+
+
+def init_cpu_distributed(cfg: Config) -> None:
+    """mmengine's pytorch launcher always calls ``torch.cuda.set_device``; without CUDA, join the
+    torchrun group over gloo here (the Runner then finds it initialised) and wrap the model in
+    DDP without device ids."""
+    import torch.distributed as dist
+
+    if not dist.is_initialized():
+        dist.init_process_group(backend="gloo")
+    cfg.model_wrapper_cfg = dict(
+        type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
+        find_unused_parameters=cfg.get("find_unused_parameters", False),
+    )
+
+
+def main(argv=None) -> dict | None:
+    args = parse_args(argv)
+    cfg = build_config(args)
+    if args.launcher == "pytorch" and not torch.cuda.is_available():
+        init_cpu_distributed(cfg)
+    runner = RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
+    if args.val:
+        return runner.val()
+    if args.test:
+        return runner.test()
+    runner.train()
+    return None
+
+
+if __name__ == "__main__":
+    main()
