@@ -152,14 +152,29 @@ def test_samples_are_independent_of_their_batch(backend):
             torch.testing.assert_close(got, want[i:i + 1], rtol=0, atol=1e-13)
 
 
-@settings(max_examples=25, deadline=None)
+@settings(max_examples=30, deadline=None)
 @given(case=st.tuples(st.integers(1, 2), st.integers(1, 2), st.integers(2, 9), st.integers(2, 9),
                       st.integers(1, 4), st.integers(1, 6), st.integers(2, 5)),
-       seed=st.integers(0, 2**16), spill=st.sampled_from([0.0, 0.5]))
-def test_torch_path_matches_oracle_on_any_shape(case, seed, spill):
+       seed=st.integers(0, 2**16), spill=st.sampled_from([0.0, 0.5]), backend=st.sampled_from(BACKENDS))
+def test_both_paths_match_oracle_on_any_shape(case, seed, spill, backend):
     images, line_y, sample_x = random_case(*case, seed=seed, spill=spill)
-    torch.testing.assert_close(sample_strip_patches(images, line_y, sample_x, "torch"),
+    torch.testing.assert_close(sample_strip_patches(images, line_y, sample_x, backend),
                                oracle(images, line_y, sample_x), rtol=0, atol=1e-12)
+
+
+def test_per_sample_positional_tables_match_shared_ones():
+    """A (B, h, w, D) table gives each sample what its own (1, h, w, D) table gives it."""
+    g = torch.Generator().manual_seed(6)
+    part = partition(torch.rand(3, 4, 5, generator=g, dtype=torch.float64) + 0.1, 3, 8)
+    tables = torch.randn(3, 4, 5, 6, generator=g, dtype=torch.float64)
+    batched = resample_pos_embed(tables, part)
+    for i in range(3):
+        one = type(part)(part.row_edges[i:i + 1], part.token_edges[i:i + 1], part.density[i:i + 1])
+        torch.testing.assert_close(batched[i:i + 1], resample_pos_embed(tables[i:i + 1], one), rtol=0, atol=1e-12)
+        torch.testing.assert_close(batched[i:i + 1], ref.pos_embed(tables[i:i + 1], part.density[i:i + 1], 3, 8),
+                                   rtol=0, atol=1e-10)
+    with pytest.raises(ValueError, match="pos_grid has batch 2"):
+        resample_pos_embed(tables[:2], part)
 
 
 def test_integer_positions_read_pixels_exactly():
@@ -217,18 +232,35 @@ def test_compiles_without_graph_breaks_and_under_bf16_autocast():
 def test_inductor_compiles_the_tokenizer_path():
     """torch.compile's default backend: the sampler runs as an opaque custom op inside the graph."""
     g = torch.Generator().manual_seed(2)
-    scores = (torch.rand(2, 3, 3, generator=g) + 0.1).requires_grad_()
+    part = partition(torch.rand(2, 3, 3, generator=g) + 0.1, 3, 9)
+    edges = (part.row_edges.clone().requires_grad_(), part.token_edges.clone().requires_grad_())
     table = torch.randn(1, 3, 3, 8, generator=g, requires_grad=True)
     images = torch.randn(2, 3, 24, 24, generator=g)
     weight = torch.randn(8, 3 * 4 * 4, generator=g)
 
-    def tokens(s, t):
-        part = partition(s, 3, 9)
-        return sample_patches(images, part, 4).flatten(2) @ weight.T + resample_pos_embed(t, part)
+    def tokens(rows, toks, t):
+        p = type(part)(rows, toks, part.density)
+        return sample_patches(images, p, 4).flatten(2) @ weight.T + resample_pos_embed(t, p)
 
-    eager = tokens(scores, table)
-    compiled = torch.compile(tokens)(scores, table)
+    inputs = (*edges, table)
+    eager = tokens(*inputs)
+    compiled = torch.compile(tokens)(*inputs)
     torch.testing.assert_close(compiled, eager, rtol=1e-5, atol=1e-5)
-    for got, want in zip(torch.autograd.grad(compiled.square().sum(), (scores, table)),
-                         torch.autograd.grad(eager.square().sum(), (scores, table)), strict=True):
+    for got, want in zip(torch.autograd.grad(compiled.square().sum(), inputs),
+                         torch.autograd.grad(eager.square().sum(), inputs), strict=True):
         torch.testing.assert_close(got, want, rtol=1e-4, atol=1e-4 * want.abs().max().item())
+
+
+def test_interval_average_shares_a_batch_of_one_and_matches_its_dense_weights():
+    """A (1, n, D) signal serves every row of edges; the dense weights give the same averages."""
+    from dart_core.intervals import interval_average, overlap_average_weights, row_overlap_normaliser
+
+    g = torch.Generator().manual_seed(12)
+    values = torch.randn(1, 6, 3, generator=g, dtype=torch.float64)
+    inner = torch.sort(torch.rand(4, 3, generator=g, dtype=torch.float64) * 6, dim=1).values
+    edges = torch.cat([torch.zeros(4, 1, dtype=torch.float64), inner, torch.full((4, 1), 6.0, dtype=torch.float64)], 1)
+    shared = interval_average(values, edges, row_overlap_normaliser)
+    torch.testing.assert_close(shared, interval_average(values.expand(4, -1, -1), edges, row_overlap_normaliser))
+    torch.testing.assert_close(shared, overlap_average_weights(edges, 6, row_overlap_normaliser) @ values[0])
+    with pytest.raises(ValueError, match="values has batch 2"):
+        interval_average(values.expand(2, -1, -1), edges, row_overlap_normaliser)

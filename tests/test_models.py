@@ -2,15 +2,21 @@
 
 import argparse
 
+import dart_core
 import pytest
 import timm
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 import torchvision
-
-import dart_core
-from dart_core import DART, build_scorer, partition, patch_timm, resample_pos_embed, sample_patches, standardise
+from dart_core import (
+    DART,
+    build_scorer,
+    partition,
+    patch_timm,
+    sample_patches,
+    standardise,
+)
 from dart_core.checkpoint import CheckpointMismatchError, read_state_dict
 from dart_core.training import CheckpointError
 
@@ -116,6 +122,15 @@ def test_registered_models_build_and_train_end_to_end():
     assert model.pos_embed.grad.abs().sum() > 0
 
 
+def test_patch_timm_keeps_class_and_distillation_tokens():
+    torch.manual_seed(0)
+    deit = timm.create_model("deit_tiny_distilled_patch16_224", img_size=64, depth=1, num_classes=3).eval()
+    images = torch.rand(2, 3, 64, 64)
+    before = deit(images)
+    patch_timm(deit, scorer=UniformScorer((4, 4)))
+    assert (deit(images) - before).abs().max() < 1e-3
+
+
 def test_patch_timm_keeps_a_pretrained_vit_exact_under_uniform_scores():
     torch.manual_seed(0)
     vit = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=2, num_classes=3).eval()
@@ -200,7 +215,7 @@ def test_published_checkpoint_with_missing_keys_is_a_clear_error(tmp_path):
     torch.save({"model": state}, path)
     model = timm.create_model("deit_tiny_dart_patch16_448", img_size=224, depth=2, num_classes=4)
     with pytest.raises(CheckpointMismatchError, match=r"missing keys \(1\): blocks.1.mlp.fc2.weight") as info:
-        dart_core.load_published_deit(model, path)
+        dart_core.load_published_checkpoint(model, path)
     assert "patch_embed.spn.extra" in str(info.value)
 
 

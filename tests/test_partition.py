@@ -3,13 +3,11 @@
 import hypothesis.extra.numpy as hnp
 import numpy as np
 import pytest
+import reference_dart as ref
 import torch
-import torch.nn.functional as F
+from dart_core import density_quantiles, partition, resample_pos_embed, sample_patches
 from hypothesis import given, settings
 from hypothesis import strategies as st
-
-import reference_dart as ref
-from dart_core import density_quantiles, partition, resample_pos_embed, sample_patches
 
 
 def random_scores(batch, h, w, seed=0, dtype=torch.float64):

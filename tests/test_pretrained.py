@@ -4,11 +4,10 @@ import pytest
 import timm
 import torch
 import torch.nn.functional as F
-from skimage import data
-
 from dart_core import build_scorer
 from dart_core.checkpoint import CheckpointMismatchError
 from dart_core.pretrained import efficientnet_lite0, load_ordered_state_dict
+from skimage import data
 
 CAT_CLASSES = {281, 282, 283, 284, 285}  # tabby, tiger cat, Persian, Siamese, Egyptian cat
 

@@ -42,10 +42,12 @@ def test_visualize_writes_the_tall_partition(tmp_path):
         assert picture.height >= 2 * 32  # two frames stacked
 
 
-def test_errors_are_one_clear_line(tmp_path, capsys):
+@pytest.mark.filterwarnings("ignore:cannot decode")
+def test_errors_are_one_clear_line(ssv2_root, tmp_path, capsys):  # noqa: F811
     assert main(["eval", "--data", str(tmp_path / "nowhere"), *TINY]) == 1
     assert "data folder not found" in capsys.readouterr().err
-    assert main(["eval", "--data", str(tmp_path), *TINY]) == 1
+    (tmp_path / "empty").mkdir()
+    assert main(["eval", "--data", str(tmp_path / "empty"), *TINY]) == 1
     assert "labels.json" in capsys.readouterr().err
     assert main(["visualize", str(tmp_path / "none.webm"), *TINY]) == 1
     assert "not found" in capsys.readouterr().err
@@ -57,5 +59,8 @@ def test_errors_are_one_clear_line(tmp_path, capsys):
     assert "no DART tokenizer" in capsys.readouterr().err
     assert main(["visualize", str(video), *plain, "--num-tokens", "4"]) == 1
     assert "--num-tokens only applies to DART models" in capsys.readouterr().err
+    assert main(["train", "--data", str(ssv2_root), "--out", str(tmp_path / "run"), *TINY, *FAST,
+                 "--resume", str(tmp_path / "no.pth")]) == 1
+    assert "no.pth' does not exist" in capsys.readouterr().err
     assert main(["eval", "--data", str(tmp_path), "--config", "videomamba_huge_ssv2_8f"]) == 1
     assert "unknown config 'videomamba_huge_ssv2_8f'" in capsys.readouterr().err

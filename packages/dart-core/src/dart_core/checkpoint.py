@@ -8,13 +8,13 @@ allow-list, which admits only the ``argparse.Namespace`` DeiT-style scripts stor
 from __future__ import annotations
 
 import os
-from typing import Mapping, Union
+from collections.abc import Mapping
 
 import torch
 
 from .training.checkpoint import load_checkpoint
 
-PathLike = Union[str, os.PathLike]
+PathLike = str | os.PathLike
 
 # Keys under which training scripts nest the weights, in order of preference (the live model
 # before its EMA: the published checkpoints were evaluated from "model").
@@ -73,10 +73,11 @@ _PUBLISHED_RENAMES = (
 )
 
 
-def convert_published_deit(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-    """Map the keys of the original release's ``darvit-*.pth`` (``models_deit.py`` / ``dart/spn.py``)
-    onto our DeiT + DART models. Transformer keys already follow timm's layout; the score network
-    moves from ``patch_embed.spn.spn.spn`` to ``patch_embed.scorer``."""
+def convert_published_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Map the keys of the original release's checkpoints (``darvit-*.pth`` from ``models_deit.py``,
+    ``darvim-*.pth``; score network from ``dart/spn.py``) onto our DART models. Transformer keys
+    already follow timm's / Vim's layout; the score network moves from ``patch_embed.spn.spn.spn``
+    to ``patch_embed.scorer``. Keys already in our layout pass through unchanged."""
     converted = {}
     for key, value in state_dict.items():
         for old, new in _PUBLISHED_RENAMES:
@@ -87,7 +88,7 @@ def convert_published_deit(state_dict: Mapping[str, torch.Tensor]) -> dict[str, 
     return converted
 
 
-def load_published_deit(model: torch.nn.Module, path: PathLike) -> None:
-    """Load a published ``darvit-*.pth`` file into a DeiT + DART model, or raise
+def load_published_checkpoint(model: torch.nn.Module, path: PathLike) -> None:
+    """Load a published ``darvit-*.pth`` file (or one of ours) into a DeiT + DART model, or raise
     :class:`CheckpointMismatchError` listing what does not fit."""
-    load_exact(model, convert_published_deit(read_state_dict(path)), source=str(path))
+    load_exact(model, convert_published_state_dict(read_state_dict(path)), source=str(path))

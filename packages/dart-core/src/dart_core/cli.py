@@ -20,7 +20,7 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from timm.data import create_transform, resolve_data_config
 
-from .checkpoint import load_published_deit
+from .checkpoint import load_published_checkpoint
 from .sampling import sample_patches
 from .tokenizer import DART
 from .visualize import partition_overview, save_png
@@ -75,7 +75,7 @@ def build_model(
         raise CommandError(f"model {name!r} has no DART tokenizer (patch_embed is not dart_core.DART)")
     if checkpoint is not None:
         try:
-            load_published_deit(model, checkpoint)
+            load_published_checkpoint(model, checkpoint)
         except (FileNotFoundError, ValueError, RuntimeError) as error:
             raise CommandError(str(error)) from error
     return model.eval()

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal
 
 import torch
 
@@ -118,7 +118,7 @@ def marginal_edges(pdf: torch.Tensor, dim: int, count: int) -> torch.Tensor:
 
 def partition(
     scores: torch.Tensor,
-    num_rows: Optional[int] = None,
+    num_rows: int | None = None,
     num_tokens: int = 196,
     on_invalid: InvalidPolicy = "uniform",
 ) -> Partition:

@@ -9,9 +9,9 @@ download at run time.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from importlib import resources
 from pathlib import Path
-from typing import Mapping
 
 import timm
 import torch
@@ -51,12 +51,12 @@ def load_ordered_state_dict(model: nn.Module, state_dict: Mapping[str, torch.Ten
         )
     mismatched = [
         f"{key} {tuple(value.shape)} vs {their_key} {tuple(their_value.shape)}"
-        for (key, value), (their_key, their_value) in zip(own.items(), theirs)
+        for (key, value), (their_key, their_value) in zip(own.items(), theirs, strict=True)
         if value.shape != their_value.shape
     ]
     if mismatched:
         raise CheckpointMismatchError(source, missing=[], unexpected=[], mismatched=mismatched)
-    model.load_state_dict({key: value for key, (_, value) in zip(own, theirs)})
+    model.load_state_dict({key: value for key, (_, value) in zip(own, theirs, strict=True)})
 
 
 def efficientnet_lite0(**kwargs) -> nn.Module:

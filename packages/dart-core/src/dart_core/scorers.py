@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
-from typing import Literal, Optional, Union
+from typing import Literal
 
 import timm
 import torch
@@ -55,7 +55,7 @@ def standardise(scores: torch.Tensor, batch_stats: bool = False) -> torch.Tensor
 class ScoreHeadV1(nn.Module):
     """Per-cell MLP to one channel; ``sigmoid(standardise(s)) + 0.1``."""
 
-    def __init__(self, feature_dim: int, hidden_dim: Optional[int] = None):
+    def __init__(self, feature_dim: int, hidden_dim: int | None = None):
         super().__init__()
         self.mlp = Mlp(feature_dim, hidden_dim or feature_dim, 1)
 
@@ -71,7 +71,7 @@ class ScoreHeadV1(nn.Module):
 class ScoreHeadV2(nn.Module):
     """Channel gate from pooled features; score = Σ_c f·gate; ``sigmoid(2·standardise(s))``."""
 
-    def __init__(self, feature_dim: int, hidden_dim: Optional[int] = None):
+    def __init__(self, feature_dim: int, hidden_dim: int | None = None):
         super().__init__()
         self.mlp = Mlp(feature_dim, hidden_dim or 96, feature_dim)
 
@@ -109,7 +109,7 @@ class Scorer(nn.Module):
         feature_dim: int,
         grid_size: tuple[int, int] = (14, 14),
         version: ScoreVersion = "v1",
-        hidden_dim: Optional[int] = None,
+        hidden_dim: int | None = None,
         batch_stats: bool = False,
         freeze_backbone: bool = True,
     ):
@@ -126,7 +126,7 @@ class Scorer(nn.Module):
             backbone.requires_grad_(False)
             backbone.eval()
 
-    def train(self, mode: bool = True) -> "Scorer":
+    def train(self, mode: bool = True) -> Scorer:
         super().train(mode)
         if self.freeze_backbone:
             self.backbone.eval()
@@ -163,7 +163,7 @@ TORCHVISION_PRESETS = {
 }
 
 
-def _torchvision_features(name: str, stage: Optional[int], weights: Optional[str]) -> nn.Module:
+def _torchvision_features(name: str, stage: int | None, weights: str | None) -> nn.Module:
     """torchvision ``model.features[:stage]`` (mnasnet: ``layers``), weights from a local file."""
     from .checkpoint import read_state_dict
 
@@ -179,7 +179,7 @@ def _torchvision_features(name: str, stage: Optional[int], weights: Optional[str
 PACKAGED_WEIGHTS = "packaged"
 
 
-def _timm_features(name: str, out_index: int, weights: Optional[str]) -> nn.Module:
+def _timm_features(name: str, out_index: int, weights: str | None) -> nn.Module:
     """A timm ``features_only`` backbone returning one stage, weights from a local file."""
     from .pretrained import LITE0_TIMM_NAME, efficientnet_lite0
 
@@ -211,9 +211,9 @@ def build_scorer(
     backbone: str = "mobilenet_v3_small",
     version: ScoreVersion = "v1",
     grid_size: tuple[int, int] = (14, 14),
-    weights: Optional[Union[str, os.PathLike]] = None,
-    stage: Optional[int] = None,
-    hidden_dim: Optional[int] = None,
+    weights: str | os.PathLike | None = None,
+    stage: int | None = None,
+    hidden_dim: int | None = None,
     batch_stats: bool = False,
     freeze_backbone: bool = True,
 ) -> Scorer:

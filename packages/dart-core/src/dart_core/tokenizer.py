@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable, Optional, Union
 
 import torch
 import torch.nn as nn
@@ -29,7 +29,7 @@ class TokenizerOutput:
     tokens: torch.Tensor
     partition: Partition
     scores: torch.Tensor
-    pos_embed: Optional[torch.Tensor]
+    pos_embed: torch.Tensor | None
 
 
 class DART(nn.Module):
@@ -59,23 +59,23 @@ class DART(nn.Module):
 
     def __init__(
         self,
-        img_size: Union[int, tuple[int, int]] = 224,
+        img_size: int | tuple[int, int] = 224,
         patch_size: int = 16,
         in_chans: int = 3,
         embed_dim: int = 768,
-        norm_layer: Optional[Callable[[int], nn.Module]] = None,
+        norm_layer: Callable[[int], nn.Module] | None = None,
         flatten: bool = True,
-        output_fmt: Optional[str] = None,
+        output_fmt: str | None = None,
         bias: bool = True,
         strict_img_size: bool = True,
         dynamic_img_pad: bool = False,
         device=None,
         dtype=None,
         *,
-        num_tokens: Optional[int] = None,
-        num_rows: Optional[int] = None,
+        num_tokens: int | None = None,
+        num_rows: int | None = None,
         sample_scale: int = 1,
-        scorer: Optional[nn.Module] = None,
+        scorer: nn.Module | None = None,
         on_invalid: InvalidPolicy = "uniform",
     ):
         super().__init__()
@@ -128,9 +128,9 @@ class DART(nn.Module):
     def forward(
         self,
         images: torch.Tensor,
-        pos_grid: Optional[torch.Tensor] = None,
+        pos_grid: torch.Tensor | None = None,
         return_details: bool = False,
-    ) -> Union[torch.Tensor, TokenizerOutput]:
+    ) -> torch.Tensor | TokenizerOutput:
         """Tokenise a batch.
 
         Args:

@@ -24,7 +24,7 @@ from typing import Literal
 
 import torch
 import torch.nn as nn
-from dart_core.checkpoint import PathLike, convert_published_deit, load_exact, read_state_dict
+from dart_core.checkpoint import PathLike, convert_published_state_dict, load_exact, read_state_dict
 
 PROJ = "patch_embed.proj.weight"
 
@@ -70,7 +70,7 @@ def adapt_state_dict(
     """Fit a checkpoint's tensors to a :class:`dart_video.models.VideoMamba` (see the module docstring)."""
     if source not in ("videomamba", "vim"):
         raise ValueError(f"source must be 'videomamba' or 'vim', got {source!r}")
-    converted = convert_published_deit(state_dict)  # the DART release nests its score network deeper
+    converted = convert_published_state_dict(state_dict)  # the DART release nests its score network deeper
     if source == "vim":
         converted = vim_to_videomamba(converted)
     own = model.state_dict()

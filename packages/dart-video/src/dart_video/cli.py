@@ -29,6 +29,7 @@ from collections.abc import Iterator, Sequence
 import torch
 from dart_core.checkpoint import CheckpointMismatchError, read_state_dict
 from dart_core.training import (
+    CheckpointError,
     DistContext,
     EpochSampler,
     count_flops,
@@ -83,8 +84,8 @@ def stored_config(path: str | None) -> dict:
 @contextlib.contextmanager
 def session(config: TrainConfig) -> Iterator[DistContext]:
     """Threads, determinism and the process group for one command; the process group is left
-    (waiting for the other ranks only on success) and determinism restored afterwards."""
-    was_deterministic = torch.are_deterministic_algorithms_enabled()
+    (waiting for the other ranks only on success), threads and determinism restored afterwards."""
+    was_deterministic, threads = torch.are_deterministic_algorithms_enabled(), torch.get_num_threads()
     if config.threads:
         torch.set_num_threads(config.threads)
     if config.deterministic:
@@ -94,6 +95,7 @@ def session(config: TrainConfig) -> Iterator[DistContext]:
         ctx = init_distributed(config.device)
     except (ValueError, RuntimeError) as error:
         torch.use_deterministic_algorithms(was_deterministic)
+        torch.set_num_threads(threads)
         raise CommandError(str(error)) from error
     ok = False
     try:
@@ -102,6 +104,7 @@ def session(config: TrainConfig) -> Iterator[DistContext]:
     finally:
         teardown_distributed(wait=ok)
         torch.use_deterministic_algorithms(was_deterministic)
+        torch.set_num_threads(threads)
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -129,10 +132,7 @@ def model_stats(model: torch.nn.Module, config: TrainConfig, device: torch.devic
 
 
 def eval_command(args: argparse.Namespace) -> dict:
-    try:
-        config = config_from_args(args, base=stored_config(args.checkpoint))
-    except (OSError, RuntimeError) as error:  # an unreadable checkpoint
-        raise CommandError(str(error)) from error
+    config = config_from_args(args, base=stored_config(args.checkpoint))
     with session(config) as ctx:
         samples, classes = load_samples(args.data, config, args.split)
         model = build_model(config, len(classes)).to(ctx.device)
@@ -210,7 +210,7 @@ def run(argv: Sequence[str] | None = None) -> dict:
     args = parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, TrainingError) as error:
+    except (ConfigError, TrainingError, CheckpointError) as error:
         raise CommandError(str(error)) from error
 
 

@@ -17,10 +17,10 @@ import torch.nn.functional as F
 
 @dataclass(frozen=True)
 class ClutterConfig:
-    canvas: int = 128
+    canvas: int = 64
     digit_scale: int = 2
-    num_fragments: int = 10
-    fragment: int = 4  # side of a fragment, in original 8×8 digit pixels
+    num_fragments: int = 6
+    fragment: int = 3  # side of a fragment, in original 8×8 digit pixels
     noise: float = 0.05
 
 
@@ -34,6 +34,12 @@ def load_digits_split(test_fraction: float = 0.25, seed: int = 0):
     cut = int(len(images) * (1 - test_fraction))
     train, test = order[:cut], order[cut:]
     return (images[train], digits.target[train]), (images[test], digits.target[test])
+
+
+def upscale(image: np.ndarray, scale: int) -> np.ndarray:
+    """(h, w) → (h·scale, w·scale), bilinear: strokes stay smooth, as in a real photograph."""
+    tensor = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))[None, None]
+    return F.interpolate(tensor, scale_factor=scale, mode="bilinear", align_corners=False)[0, 0].numpy()
 
 
 def make_canvases(digits: np.ndarray, labels: np.ndarray, count: int, config: ClutterConfig, seed: int):
@@ -53,12 +59,12 @@ def make_canvases(digits: np.ndarray, labels: np.ndarray, count: int, config: Cl
         for _ in range(config.num_fragments):
             source = digits[rng.integers(0, len(digits))]
             fy, fx = rng.integers(0, 8 - config.fragment + 1, size=2)
-            piece = np.kron(source[fy:fy + config.fragment, fx:fx + config.fragment], np.ones((scale, scale)))
+            piece = upscale(source[fy:fy + config.fragment, fx:fx + config.fragment], scale)
             py, px = rng.integers(0, size - frag_side + 1, size=2)
             canvases[i, py:py + frag_side, px:px + frag_side] = np.maximum(
                 canvases[i, py:py + frag_side, px:px + frag_side], piece)
         y, x = corners[i]
-        digit = np.kron(digits[picks[i]], np.ones((scale, scale)))
+        digit = upscale(digits[picks[i]], scale)
         region = canvases[i, y:y + digit_side, x:x + digit_side]
         canvases[i, y:y + digit_side, x:x + digit_side] = np.maximum(region * 0.3, digit)
     canvases += config.noise * rng.random(canvases.shape, dtype=np.float32)
@@ -66,6 +72,10 @@ def make_canvases(digits: np.ndarray, labels: np.ndarray, count: int, config: Cl
     return images, torch.from_numpy(labels[picks]).long(), torch.from_numpy(corners)
 
 
-def downsample(images: torch.Tensor, size: int) -> torch.Tensor:
-    """Area-average (B, C, S, S) images to (B, C, size, size): what a fixed grid at the budget sees."""
-    return F.interpolate(images, size=(size, size), mode="area")
+def with_box_mask(images: torch.Tensor, corners: torch.Tensor, side: int) -> torch.Tensor:
+    """(B, 1, S, S) canvases → (B, 2, S, S) with the digits' boxes (top-left ``corners``, ``side``
+    pixels) as a 0/1 second channel, for the oracle scorer."""
+    mask = torch.zeros_like(images)
+    for i, (y, x) in enumerate(corners.tolist()):
+        mask[i, 0, y:y + side, x:x + side] = 1
+    return torch.cat([images, mask], dim=1)

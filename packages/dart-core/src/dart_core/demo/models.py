@@ -12,9 +12,9 @@ from ..scorers import Scorer, build_scorer
 EMBED_DIM, DEPTH, HEADS = 64, 4, 4
 
 
-def tiny_vit(img_size: int, patch_size: int, num_classes: int = 10) -> nn.Module:
+def tiny_vit(img_size: int, patch_size: int, num_classes: int = 10, in_chans: int = 1) -> nn.Module:
     return timm.create_model(
-        "vit_tiny_patch16_224", img_size=img_size, patch_size=patch_size, in_chans=1, num_classes=num_classes,
+        "vit_tiny_patch16_224", img_size=img_size, patch_size=patch_size, in_chans=in_chans, num_classes=num_classes,
         embed_dim=EMBED_DIM, depth=DEPTH, num_heads=HEADS, class_token=False, global_pool="avg",
     )
 
@@ -69,3 +69,35 @@ def dart_classifier(canvas: int, grid: int, num_tokens: int, patch_size: int, sc
     scale = canvas // (grid * patch_size)
     vit = tiny_vit(grid * patch_size, patch_size)
     return patch_timm(vit, num_tokens=num_tokens, sample_scale=scale, scorer=SCORERS[scorer](grid))
+
+
+class BoxOracleScorer(nn.Module):
+    """Diagnostic only: scores from the ground-truth digit box, carried as a second image channel.
+
+    Gives each grid cell ``0.1 + peak × (fraction of the cell inside the box)``: the v1 head's
+    range (0.1..1.1) for ``peak=1``. It tells how well the tokenizer and the ViT do when the
+    scorer knows where to look, i.e. the ceiling a learned scorer can reach at this budget.
+    """
+
+    def __init__(self, grid: int, peak: float = 1.0):
+        super().__init__()
+        self.grid, self.peak = grid, peak
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, 2, S, S) canvas + box mask → (B, grid, grid) scores."""
+        return 0.1 + self.peak * nn.functional.adaptive_avg_pool2d(images[:, 1:2], self.grid)[:, 0]
+
+
+def oracle_classifier(canvas: int, grid: int, num_tokens: int, patch_size: int) -> nn.Module:
+    """The DART classifier with :class:`BoxOracleScorer`. Its input has the box mask as channel 1;
+    the projection's weights for that channel are held at zero, so the ViT sees only the canvas."""
+    scale = canvas // (grid * patch_size)
+    vit = patch_timm(tiny_vit(grid * patch_size, patch_size, in_chans=2), num_tokens=num_tokens,
+                     sample_scale=scale, scorer=BoxOracleScorer(grid))
+    weight = vit.patch_embed.proj.weight
+    with torch.no_grad():
+        weight[:, 1] = 0
+    canvas_only = torch.zeros_like(weight)
+    canvas_only[:, 0] = 1
+    weight.register_hook(lambda grad: grad * canvas_only)
+    return vit

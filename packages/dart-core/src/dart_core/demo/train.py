@@ -23,11 +23,23 @@ class Result:
     train_s: float
 
 
+def param_groups(model: nn.Module, lr: float, scorer_lr_scale: float) -> list[dict]:
+    """The score network's trainable parameters get ``lr × scorer_lr_scale``, the rest ``lr``."""
+    scorer, rest = [], []
+    for name, param in model.named_parameters():
+        if param.requires_grad:
+            (scorer if ".scorer." in f".{name}" else rest).append(param)
+    groups = [{"params": rest, "lr": lr}]
+    if scorer:
+        groups.append({"params": scorer, "lr": lr * scorer_lr_scale})
+    return groups
+
+
 def train(model: nn.Module, images: torch.Tensor, labels: torch.Tensor, epochs: int, batch_size: int,
-          lr: float, seed: int, desc: str) -> float:
+          lr: float, seed: int, desc: str, scorer_lr_scale: float = 1.0) -> float:
     """AdamW + cosine schedule with warm-up; returns seconds spent."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.05)
+    optimizer = torch.optim.AdamW(param_groups(model, lr, scorer_lr_scale), weight_decay=0.05)
     steps = epochs * math.ceil(len(images) / batch_size)
     warmup = max(1, steps // 20)
     schedule = torch.optim.lr_scheduler.LambdaLR(

@@ -7,20 +7,19 @@ All take a 448 input, keep DeiT's 14×14 positional table, and accept ``num_toke
 ``scorer=`` (a module) or ``scorer_backbone=`` / ``scorer_version=`` / ``scorer_weights=`` /
 ``scorer_batch_stats=`` to build one. Published checkpoints load with
 ``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)`` (through
-:func:`dart_core.checkpoint.load_published_deit`).
+:func:`dart_core.checkpoint.load_published_checkpoint`).
 """
 
 from __future__ import annotations
 
 from functools import partial
-from typing import Optional
 
 import torch
 import torch.nn as nn
 from timm.models import build_model_with_cfg, register_model
 from timm.models.vision_transformer import VisionTransformer
 
-from ..checkpoint import PathLike, load_published_deit
+from ..checkpoint import PathLike, load_published_checkpoint
 from ..pos_embed import split_prefix_pos_embed
 from ..scorers import build_scorer
 from ..tokenizer import DART
@@ -54,11 +53,12 @@ class DARTViTMixin:
             prefix_pos, grid = split_prefix_pos_embed(self.pos_embed, self.patch_embed.grid_size, self.dart_prefix_index())
         out = self.patch_embed(images, pos_grid=grid, return_details=True)
         tokens = out.tokens if out.pos_embed is None else out.tokens + out.pos_embed
-        prefix = []
-        if self.cls_token is not None:
-            prefix.append(self.cls_token.expand(batch, -1, -1))
-        if self.reg_token is not None:
-            prefix.append(self.reg_token.expand(batch, -1, -1))
+        # timm's prefix order: class, distillation (DeiT distilled), register tokens.
+        prefix = [
+            token.expand(batch, -1, -1)
+            for token in (self.cls_token, getattr(self, "dist_token", None), self.reg_token)
+            if token is not None
+        ]
         if prefix:
             prefix = torch.cat(prefix, dim=1)
             if prefix_pos is not None and prefix_pos.shape[1]:
@@ -66,7 +66,7 @@ class DARTViTMixin:
             tokens = torch.cat([prefix, tokens], dim=1)
         return self.pos_drop(tokens)
 
-    def forward_features(self, x: torch.Tensor, attn_mask: Optional[torch.Tensor] = None, is_causal: bool = False):
+    def forward_features(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
         x = self.norm_pre(self.patch_drop(self.dart_embed(x)))
         if attn_mask is not None or is_causal:
             for block in self.blocks:
@@ -87,17 +87,17 @@ class DARTVisionTransformer(DARTViTMixin, VisionTransformer):
 
     def load_pretrained(self, path: PathLike) -> None:
         """timm's ``custom_load`` hook: a published ``darvit-*.pth`` (or one of ours) from a local file."""
-        load_published_deit(self, path)
+        load_published_checkpoint(self, path)
 
 
 def dart_embed_layer(
-    num_tokens: Optional[int],
-    num_rows: Optional[int],
+    num_tokens: int | None,
+    num_rows: int | None,
     sample_scale: int,
-    scorer: Optional[nn.Module],
+    scorer: nn.Module | None,
     scorer_backbone: str,
     scorer_version: str,
-    scorer_weights: Optional[PathLike],
+    scorer_weights: PathLike | None,
     scorer_batch_stats: bool,
     on_invalid: str = "uniform",
 ):

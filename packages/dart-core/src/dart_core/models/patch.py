@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-from typing import Optional
-
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
@@ -25,10 +23,10 @@ def _dart_class(cls: type) -> type:
 
 def patch_timm(
     model: VisionTransformer,
-    num_tokens: Optional[int] = None,
-    num_rows: Optional[int] = None,
+    num_tokens: int | None = None,
+    num_rows: int | None = None,
     sample_scale: int = 1,
-    scorer: Optional[nn.Module] = None,
+    scorer: nn.Module | None = None,
     scorer_backbone: str = "mobilenet_v3_small",
     scorer_version: str = "v1",
     scorer_weights=None,

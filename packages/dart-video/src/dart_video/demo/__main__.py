@@ -43,10 +43,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--patch", type=int, default=8, help="patch size of both models")
     p.add_argument("--tokens-per-frame", type=int, default=16, help="budget per frame (a square: the uniform grid)")
     p.add_argument("--fragments", type=int, default=4, help="static distracting fragments per clip")
+    p.add_argument("--digit-scale", type=int, default=1, help="digit side = 8 x this (pixels)")
     p.add_argument("--embed-dim", type=int, default=64)
-    p.add_argument("--depth", type=int, default=4)
+    p.add_argument("--depth", type=int, default=2)
     p.add_argument("--epochs", type=int, default=8)
-    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--batch-size", type=int, default=16)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--sequential", action="store_true", help="train one model after the other (default: side by side)")
@@ -129,13 +130,13 @@ def main(argv=None) -> dict:
     out = Path(args.out)
     root = out / "moving_digits"
     started = time.perf_counter()
-    config = MovingDigitsConfig(frame=args.frame, frames=args.video_frames, fragments=args.fragments)
+    config = MovingDigitsConfig(frame=args.frame, frames=args.video_frames, fragments=args.fragments,
+                                digit_scale=args.digit_scale)
     write_dataset(str(root), args.train_size, args.val_size, config, seed=args.seed)
     runs = {"uniform": out / "uniform", "DART": out / "dart"}
     for run in runs.values():
         run.mkdir(parents=True, exist_ok=True)
     seconds = train_both(args, root, runs)
-    torch.set_num_threads(1)
     results = []
     for name, run in runs.items():
         stats = cli.run(["eval", "--data", str(root), "--checkpoint", str(run / "best.pth"), "--workers", "0",
