@@ -35,7 +35,7 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--grid", type=int, default=8, help="DART score grid / positional table side")
     parser.add_argument("--canvas", type=int, default=64)
     parser.add_argument("--fragments", type=int, default=6, help="distracting digit fragments per canvas")
-    parser.add_argument("--scorer", choices=("cnn", "lite0"), default="cnn",
+    parser.add_argument("--scorer", choices=("cnn", "lite0"), default="lite0",
                         help="DART's scorer: a small CNN trained from scratch, or frozen ImageNet EfficientNet-Lite0 + head")
     parser.add_argument("--scorer-lr-scale", type=float, default=10.0, help="scorer learning rate / ViT learning rate")
     parser.add_argument("--no-oracle", action="store_true", help="skip the oracle-scorer diagnostic row")

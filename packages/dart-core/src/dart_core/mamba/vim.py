@@ -27,7 +27,7 @@ from timm.layers import PatchEmbed, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..checkpoint import PathLike, convert_published_state_dict, load_exact, read_state_dict
-from ..models.deit import dart_embed_layer
+from ..models.deit import embed_layer_from_kwargs, local_file_overlay
 from ..pos_embed import split_prefix_pos_embed
 from ..tokenizer import DART
 from .encoder import MambaEncoder
@@ -132,30 +132,12 @@ def _cfg(input_size: int) -> dict:
     )
 
 
-def _local_file_overlay(kwargs: dict) -> dict:
-    """timm drops ``custom_load`` for overlay files unless set explicitly: keep our loader."""
-    overlay = kwargs.get("pretrained_cfg_overlay")
-    if overlay and overlay.get("file"):
-        kwargs["pretrained_cfg_overlay"] = dict(overlay, custom_load=overlay.get("custom_load", True))
-    return kwargs
-
-
 def create_vim(variant: str, size: str, dart: bool, pretrained: bool = False, **kwargs) -> VisionMamba:
     """Build a Vim (``dart=False``) or Vim + DART model; see the module docstring for kwargs."""
     if dart:
-        kwargs["embed_layer"] = dart_embed_layer(
-            num_tokens=kwargs.pop("num_tokens", None),
-            num_rows=kwargs.pop("num_rows", None),
-            sample_scale=kwargs.pop("sample_scale", 1),
-            scorer=kwargs.pop("scorer", None),
-            scorer_backbone=kwargs.pop("scorer_backbone", DEFAULT_SCORER[size]),
-            scorer_version=kwargs.pop("scorer_version", "v2"),
-            scorer_weights=kwargs.pop("scorer_weights", None),
-            scorer_batch_stats=kwargs.pop("scorer_batch_stats", False),
-            on_invalid=kwargs.pop("on_invalid", "uniform"),
-        )
+        kwargs["embed_layer"] = embed_layer_from_kwargs(kwargs, DEFAULT_SCORER[size], "v2", sample_scale=1)
     model_args = dict(img_size=224, patch_size=16, **SIZES[size])
-    return build_model_with_cfg(VisionMamba, variant, pretrained, **dict(model_args, **_local_file_overlay(kwargs)))
+    return build_model_with_cfg(VisionMamba, variant, pretrained, **dict(model_args, **local_file_overlay(kwargs)))
 
 
 VARIANTS = {

@@ -123,24 +123,36 @@ def dart_embed_layer(
     return build
 
 
-def create_deit_dart(variant: str, size: str, pretrained: bool = False, **kwargs) -> DARTVisionTransformer:
-    """Build a DeiT + DART model (see the module docstring for the keyword arguments)."""
-    embed_layer = dart_embed_layer(
+def embed_layer_from_kwargs(kwargs: dict, scorer_backbone: str, scorer_version: str, sample_scale: int):
+    """Pop the DART options out of a model's keyword arguments and build its ``embed_layer``
+    (the arguments give the model family's defaults)."""
+    return dart_embed_layer(
         num_tokens=kwargs.pop("num_tokens", None),
         num_rows=kwargs.pop("num_rows", None),
-        sample_scale=kwargs.pop("sample_scale", 2),
+        sample_scale=kwargs.pop("sample_scale", sample_scale),
         scorer=kwargs.pop("scorer", None),
-        scorer_backbone=kwargs.pop("scorer_backbone", DEFAULT_SCORER[size]),
-        scorer_version=kwargs.pop("scorer_version", "v1"),
+        scorer_backbone=kwargs.pop("scorer_backbone", scorer_backbone),
+        scorer_version=kwargs.pop("scorer_version", scorer_version),
         scorer_weights=kwargs.pop("scorer_weights", None),
         scorer_batch_stats=kwargs.pop("scorer_batch_stats", False),
         on_invalid=kwargs.pop("on_invalid", "uniform"),
     )
+
+
+def local_file_overlay(kwargs: dict) -> dict:
+    """Keep our loader (weights-only, allow-listed, converts the published layout) for
+    ``pretrained_cfg_overlay=dict(file=...)``: timm resets ``custom_load`` for overlay sources
+    unless it is set explicitly."""
     overlay = kwargs.get("pretrained_cfg_overlay")
     if overlay and overlay.get("file"):
-        # Our loader (weights-only, allow-listed, converts the published layout); timm resets
-        # custom_load for overlay sources unless it is set explicitly.
         kwargs["pretrained_cfg_overlay"] = dict(overlay, custom_load=overlay.get("custom_load", True))
+    return kwargs
+
+
+def create_deit_dart(variant: str, size: str, pretrained: bool = False, **kwargs) -> DARTVisionTransformer:
+    """Build a DeiT + DART model (see the module docstring for the keyword arguments)."""
+    embed_layer = embed_layer_from_kwargs(kwargs, DEFAULT_SCORER[size], "v1", sample_scale=2)
+    kwargs = local_file_overlay(kwargs)
     model_args = dict(
         img_size=448, patch_size=16, mlp_ratio=4, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6),
         embed_layer=embed_layer, **SIZES[size],
