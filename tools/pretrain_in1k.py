@@ -49,6 +49,7 @@ from dart_core.training import (  # noqa: E402
     count_params,
     init_distributed,
     load_checkpoint,
+    optimizer_update,
     restore_rng_state,
     save_checkpoint,
     seed_everything,
@@ -324,12 +325,7 @@ class Trainer:
                     loss = self.criterion(self.net(images), targets) / args.accum_steps
                 self.scaler.scale(loss).backward()
             total += loss.detach().float()
-        if args.clip_grad is not None:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), args.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer_update(self.optimizer, self.scaler, self.model.parameters(), args.clip_grad)
         self.global_step += 1
         self.step_in_epoch += 1
         if self.ema is not None:

@@ -30,6 +30,7 @@ from dart_core.training import (
     all_reduce_sum,
     capture_rng_state,
     load_checkpoint,
+    optimizer_update,
     restore_rng_state,
     save_checkpoint,
     seed_rank,
@@ -232,12 +233,7 @@ class Trainer:
                     loss = self.criterion(self.net(clips), labels) / config.accum_steps
                 self.scaler.scale(loss).backward()
             total += loss.item()
-        if config.clip_grad is not None:
-            self.scaler.unscale_(self.optimizer)
-            torch.nn.utils.clip_grad_norm_(self.model.parameters(), config.clip_grad)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
+        optimizer_update(self.optimizer, self.scaler, self.model.parameters(), config.clip_grad)
         self.global_step += 1
         self.step_in_epoch += 1
         if not math.isfinite(total):

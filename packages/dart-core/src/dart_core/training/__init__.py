@@ -14,6 +14,7 @@ from .distributed import (
 from .flops import count_flops, count_params, unfused_attention
 from .jsonl import JsonlLogger, read_jsonl
 from .rng import capture_rng_state, restore_rng_state, seed_everything, seeded_rng
+from .step import optimizer_update
 
 __all__ = [
     "SAFE_GLOBALS",
@@ -29,6 +30,7 @@ __all__ = [
     "count_params",
     "init_distributed",
     "load_checkpoint",
+    "optimizer_update",
     "read_jsonl",
     "restore_rng_state",
     "sample_seed",
