@@ -12,20 +12,11 @@ import os
 from typing import Any
 
 import yaml
+from dart_core.training.arguments import mapping_arg
 
 
 class UsageError(Exception):
     """A problem with the user's input (paths, sizes, class counts): printed without a traceback."""
-
-
-def _dict_arg(text: str) -> dict:
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise argparse.ArgumentTypeError(f"not a YAML/JSON mapping: {text!r} ({e})") from e
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a mapping such as '{{depth: 2}}', got {text!r}")
-    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -60,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--smoothing", type=float, default=0.1, help="label smoothing")
     g = p.add_argument_group("model")
     g.add_argument("--model", default="deit_tiny_dart_patch16_448", help="any timm.create_model name")
-    g.add_argument("--model-kwargs", type=_dict_arg, default={}, help="extra create_model kwargs, e.g. '{depth: 2}'")
+    g.add_argument("--model-kwargs", type=mapping_arg, default={}, help="extra create_model kwargs, e.g. '{depth: 2}'")
     g.add_argument("--drop-path", type=float, default=0.1)
     g.add_argument("--num-tokens", type=int, default=None, help="DART token budget (default: the model's)")
     g.add_argument("--scorer", default=None, help="DART scorer backbone (torchvision preset or timm name)")

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import yaml
+from dart_core.training.arguments import mapping_arg
 
 
 class ConfigError(ValueError):
@@ -149,16 +150,6 @@ def preset_values(config: str) -> dict[str, Any]:
     raise ConfigError(f"unknown config {config!r}: use a preset ({', '.join(sorted(PRESETS))}) or a .yaml file")
 
 
-def _mapping(text: str) -> dict:
-    try:
-        value = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise argparse.ArgumentTypeError(f"not a JSON/YAML mapping: {text!r} ({e})") from e
-    if not isinstance(value, dict):
-        raise argparse.ArgumentTypeError(f"expected a mapping such as '{{\"depth\": 2}}', got {text!r}")
-    return value
-
-
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """``--config`` and one flag per :class:`TrainConfig` field (unset flags stay out of the namespace)."""
     parser.add_argument("--config", help=f"preset name ({', '.join(sorted(PRESETS))}) or a YAML file")
@@ -170,7 +161,7 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:
-            group.add_argument(flag, type=_mapping if kind is dict else kind, default=argparse.SUPPRESS, help=text)
+            group.add_argument(flag, type=mapping_arg if kind is dict else kind, default=argparse.SUPPRESS, help=text)
 
 
 def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> TrainConfig:

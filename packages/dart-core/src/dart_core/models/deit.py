@@ -16,7 +16,8 @@ from functools import partial
 
 import torch
 import torch.nn as nn
-from timm.models import build_model_with_cfg, register_model
+from timm.layers import to_2tuple
+from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models.vision_transformer import VisionTransformer
 
 from ..checkpoint import PathLike, load_published_checkpoint
@@ -104,8 +105,7 @@ def dart_embed_layer(
     """An ``embed_layer`` factory for timm's VisionTransformer that builds DART with its scorer."""
 
     def build(img_size=224, patch_size=16, **kwargs) -> DART:
-        grid = tuple(s // (patch_size * sample_scale) for s in (img_size, img_size)) if isinstance(img_size, int) \
-            else tuple(s // (patch_size * sample_scale) for s in img_size)
+        grid = tuple(side // (patch_size * sample_scale) for side in to_2tuple(img_size))
         net = scorer or build_scorer(
             scorer_backbone, scorer_version, grid_size=grid, weights=scorer_weights, batch_stats=scorer_batch_stats
         )
@@ -172,8 +172,13 @@ def _default_cfg(**overrides) -> dict:
     return cfg
 
 
+def model_name(size: str, budget: int) -> str:
+    """The registered name: the published 196-token budget carries no number."""
+    return f"deit_{size}_dart_patch16_448" if budget == 196 else f"deit_{size}_dart{budget}_patch16_448"
+
+
 def _register(size: str, budget: int) -> None:
-    name = f"deit_{size}_dart_patch16_448" if budget == 196 else f"deit_{size}_dart{budget}_patch16_448"
+    name = model_name(size, budget)
 
     def entrypoint(pretrained: bool = False, **kwargs) -> DARTVisionTransformer:
         kwargs.setdefault("num_tokens", budget)
@@ -183,22 +188,13 @@ def _register(size: str, budget: int) -> None:
     entrypoint.__qualname__ = name
     entrypoint.__module__ = __name__
     entrypoint.__doc__ = f"DeiT-{size.capitalize()} + DART, {budget} tokens, 448 input."
-    entrypoint.pretrained_cfg = _default_cfg()
     register_model(entrypoint)
 
 
-def _register_pretrained_cfgs() -> None:
-    from timm.models import generate_default_cfgs
-
-    names = {}
-    for size in SIZES:
-        for budget in TOKEN_BUDGETS:
-            name = f"deit_{size}_dart_patch16_448" if budget == 196 else f"deit_{size}_dart{budget}_patch16_448"
-            names[name] = _default_cfg()
-    return generate_default_cfgs(names)
-
-
-default_cfgs = _register_pretrained_cfgs()
+# timm's register_model reads the pretrained configs from this module's ``default_cfgs``.
+default_cfgs = generate_default_cfgs(
+    {model_name(size, budget): _default_cfg() for size in SIZES for budget in TOKEN_BUDGETS}
+)
 for _size in SIZES:
     for _budget in TOKEN_BUDGETS:
         _register(_size, _budget)
