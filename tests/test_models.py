@@ -74,9 +74,53 @@ def test_scorer_v1_matches_formula_and_backbone_is_frozen():
     assert all(p.grad is not None for p in scorer.head.parameters())
 
 
+@pytest.mark.parametrize("version", ["v1", "v2"])
+def test_scorer_contrast_bounds_how_much_denser_an_object_is_sampled(version):
+    """An object on 4 of 64 cells, background flat: standardisation maps them to z = a and z = b
+    with 4a + 60b = 0 and (4a² + 60b²) / 63 = 1 (unbiased std), whatever the raw values, so the
+    density ratio is a function of the activation alone."""
+    scorer = build_scorer("timm:resnet18", version, grid_size=(8, 8))
+    raw = torch.zeros(1, 8, 8, dtype=torch.float64)
+    raw[0, 2:4, 5:7] = 7.0
+    scorer.head.raw_scores = lambda features: raw
+    a = (63 / (4 + 60 * (4 / 60) ** 2)) ** 0.5
+    b = -4 * a / 60
+    activate = (lambda z: torch.sigmoid(torch.tensor(z)) + 0.1) if version == "v1" else (
+        lambda z: torch.sigmoid(torch.tensor(2 * z)))
+    images = torch.randn(1, 3, 32, 32)
+    for contrast in (1.0, 4.0, 8.0):
+        scorer.contrast = contrast
+        scores = scorer(images).double()
+        ratio = scores[0, 2, 5] / scores[0, 0, 0]
+        torch.testing.assert_close(ratio, (activate(contrast * a) / activate(contrast * b)).double(), rtol=1e-6, atol=0)
+        if contrast == 1.0:  # the published activation: at most ~2x (v1) / ~2.7x (v2) for 1/16 of the grid
+            assert ratio < (2.1 if version == "v1" else 2.8)
+    assert ratio > (5.0 if version == "v1" else 60.0)
+    with pytest.raises(ValueError, match="contrast must be positive"):
+        dart_core.Scorer(nn.Identity(), 3, grid_size=(8, 8), version=version, contrast=0.0)
+
+
 def test_timm_features_only_scorer():
     scorer = build_scorer("timm:resnet18", "v2", grid_size=(4, 4))
     assert scorer(torch.randn(2, 3, 64, 64)).shape == (2, 4, 4)
+
+
+@pytest.mark.parametrize("name", ["tf_efficientnet_lite0", "mobilenetv3_small_100"])
+def test_timm_feature_scorer_runs_only_the_blocks_it_returns(name):
+    import copy
+
+    from dart_core.scorers import drop_blocks_after_last_feature
+
+    full = timm.create_model(name, features_only=True, out_indices=(2,)).eval()
+    pruned = drop_blocks_after_last_feature(copy.deepcopy(full))
+    images = torch.randn(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(pruned(images), full(images), rtol=0, atol=0)
+    assert len(pruned.blocks) < len(full.blocks)
+    assert len(build_scorer(f"timm:{name}", "v1", grid_size=(4, 4), stage=2).backbone.blocks) == len(pruned.blocks)
+    # Feature models that already stop at their last layer are left alone.
+    resnet = timm.create_model("resnet18", features_only=True, out_indices=(2,))
+    assert drop_blocks_after_last_feature(resnet) is resnet
 
 
 def test_unknown_scorer_backbone_is_a_clear_error():

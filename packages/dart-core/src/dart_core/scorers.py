@@ -101,6 +101,13 @@ class Scorer(nn.Module):
         batch_stats: standardise with batch statistics (published checkpoints) instead of
             per sample.
         freeze_backbone: keep the backbone frozen (no gradients, eval mode); the paper's setting.
+        contrast: multiplies the standardised scores before the activation (1: published). The
+            published activations bound how much denser an object can be sampled than its
+            background, and the bound shrinks with the object's area: per-sample standardisation
+            puts a background covering 15/16 of the grid at z = -0.26, so v1 gives an object on
+            the other 1/16 at most (sigmoid(3.9) + 0.1) / (sigmoid(-0.26) + 0.1) = 2.0x the
+            background's density (v2: 2.7x). ``contrast`` > 1 lifts the bound towards v1's
+            floor ratio 1.1 / 0.1 = 11x (contrast 8: 5.1x).
     """
 
     def __init__(
@@ -112,8 +119,11 @@ class Scorer(nn.Module):
         hidden_dim: int | None = None,
         batch_stats: bool = False,
         freeze_backbone: bool = True,
+        contrast: float = 1.0,
     ):
         super().__init__()
+        if not contrast > 0:
+            raise ValueError(f"scorer contrast must be positive (1 is the published activation), got {contrast}")
         if version not in HEADS:
             raise ValueError(f"score head version must be one of {sorted(HEADS)}, got {version!r}")
         self.backbone = backbone
@@ -122,6 +132,7 @@ class Scorer(nn.Module):
         self.version = version
         self.batch_stats = batch_stats
         self.freeze_backbone = freeze_backbone
+        self.contrast = contrast
         if freeze_backbone:
             backbone.requires_grad_(False)
             backbone.eval()
@@ -142,7 +153,7 @@ class Scorer(nn.Module):
         """(B, C, H, W) images → (B, h, w) positive scores."""
         raw = self.head.raw_scores(self.features(images))
         raw = F.interpolate(raw.unsqueeze(1), size=self.grid_size, mode="bilinear", align_corners=False)
-        return self.head.activate(standardise(raw.squeeze(1), self.batch_stats))
+        return self.head.activate(self.contrast * standardise(raw.squeeze(1), self.batch_stats))
 
 
 @dataclass(frozen=True)
@@ -187,10 +198,26 @@ def _timm_features(name: str, out_index: int, weights: str | None) -> nn.Module:
     if weights == PACKAGED_WEIGHTS:
         if name != LITE0_TIMM_NAME:
             raise ValueError(f"packaged weights exist only for {LITE0_TIMM_NAME}, not {name}")
-        return efficientnet_lite0(**kwargs)
+        return drop_blocks_after_last_feature(efficientnet_lite0(**kwargs))
     if weights is not None:
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
-    return timm.create_model(name, **kwargs)
+    return drop_blocks_after_last_feature(timm.create_model(name, **kwargs))
+
+
+def drop_blocks_after_last_feature(net: nn.Module) -> nn.Module:
+    """Remove the blocks a timm ``features_only`` model runs but never returns.
+
+    timm's EfficientNet / MobileNetV3 feature models (``feature_location`` left at its default)
+    run every block even when ``out_indices`` asks for an early stage: the Lite0 scorer of the
+    demo (stage 2, stride 8) spent 3/4 of its FLOPs on stages 3-6. Block ``i``'s output is
+    stage ``i + 1`` there (0 is the stem), so the blocks after the last returned stage go.
+    Other feature models (timm's ``FeatureListNet``) already stop at their last returned layer.
+    """
+    blocks = getattr(net, "blocks", None)
+    if not isinstance(blocks, nn.Sequential) or getattr(net, "feature_hooks", True) is not None:
+        return net
+    net.blocks = blocks[: max(info["stage"] for info in net.feature_info.get_dicts())]
+    return net
 
 
 def feature_channels(backbone: nn.Module, in_chans: int = 3) -> int:
@@ -216,6 +243,7 @@ def build_scorer(
     hidden_dim: int | None = None,
     batch_stats: bool = False,
     freeze_backbone: bool = True,
+    contrast: float = 1.0,
 ) -> Scorer:
     """Build a scorer by backbone name.
 
@@ -231,7 +259,7 @@ def build_scorer(
         stage: torchvision slice end / timm feature index; defaults to the published stage for
             torchvision presets and the last stage for timm.
         hidden_dim: head width (defaults: the published ones).
-        batch_stats, freeze_backbone: see :class:`Scorer`.
+        batch_stats, freeze_backbone, contrast: see :class:`Scorer`.
     """
     name = backbone.removeprefix("timm:")
     if backbone.startswith("timm:") or name not in TORCHVISION_PRESETS:
@@ -254,4 +282,5 @@ def build_scorer(
         hidden_dim=hidden,
         batch_stats=batch_stats,
         freeze_backbone=freeze_backbone,
+        contrast=contrast,
     )
