@@ -65,11 +65,12 @@ def test_values_match_oracle_float64(backend, case, spill):
     torch.testing.assert_close(got, oracle(images, line_y, sample_x), rtol=0, atol=1e-12)
 
 
-@pytest.mark.parametrize("case", CASES[:2])
-def test_gradients_match_oracle_float64(case):
-    """Images, line heights and strip positions: both backends against grid_sample's autograd."""
-    images, line_y, sample_x = random_case(*case, seed=3 + sum(case), spill=0.2)
-    cotangent = torch.randn(case[0], case[5], case[1], case[6], case[6], dtype=torch.float64)
+def assert_gradients_match_oracle(images, line_y, sample_x, seed):
+    """Gradients to images, line heights and strip positions: both backends against grid_sample's."""
+    batch, channels = images.shape[:2]
+    tokens, patch = sample_x.shape[1:]
+    g = torch.Generator().manual_seed(seed)
+    cotangent = torch.randn(batch, tokens, channels, patch, patch, generator=g, dtype=torch.float64)
     grads = {}
     for name in ["oracle", *BACKENDS]:
         inputs = [t.clone().requires_grad_() for t in (images, line_y, sample_x)]
@@ -78,6 +79,22 @@ def test_gradients_match_oracle_float64(case):
     for name in BACKENDS:
         for got, want in zip(grads[name], grads["oracle"], strict=True):
             torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+
+
+@pytest.mark.parametrize("case", CASES[:2])
+def test_gradients_match_oracle_float64(case):
+    assert_gradients_match_oracle(*random_case(*case, seed=3 + sum(case), spill=0.2), seed=sum(case))
+
+
+def test_gradients_where_taps_straddle_strip_ends_and_row_seams():
+    """Left taps at -1 and S - 1 (one tap outside), past both ends, and across each seam."""
+    rows, width, patch = 3, 5, 4
+    length = rows * width
+    images, line_y, _ = random_case(2, 2, 7, width, rows, 3, patch, seed=12)
+    sites = [-3.5, -1.25, -0.5, width - 0.5, 2 * width - 0.25, 2.5, length - 1.5, length - 0.5, length - 0.01,
+             length + 0.5, length + 4.0, 2 * width + 0.5]
+    sample_x = torch.tensor(sites, dtype=torch.float64).view(1, 3, patch).repeat(2, 1, 1)
+    assert_gradients_match_oracle(images, line_y, sample_x, seed=13)
 
 
 def test_gradcheck_torch_path():

@@ -88,6 +88,11 @@ class ScoreHeadV2(nn.Module):
 HEADS = {"v1": ScoreHeadV1, "v2": ScoreHeadV2}
 
 
+def _last_feature(features: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+    """A backbone's output, or the last of its feature maps."""
+    return features[-1] if isinstance(features, (list, tuple)) else features
+
+
 class Scorer(nn.Module):
     """Frozen backbone + trainable head → positive scores on a (h, w) grid.
 
@@ -109,6 +114,8 @@ class Scorer(nn.Module):
             background's density (v2: 2.7x). ``contrast`` > 1 lifts the bound towards v1's
             floor ratio 1.1 / 0.1 = 11x (contrast 8: 5.1x).
     """
+
+    frozen_cpu_chunk = 8  # images per frozen-backbone call on the CPU (see :meth:`features`)
 
     def __init__(
         self,
@@ -136,6 +143,7 @@ class Scorer(nn.Module):
         if freeze_backbone:
             backbone.requires_grad_(False)
             backbone.eval()
+            backbone.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True) -> Scorer:
         super().train(mode)
@@ -144,10 +152,24 @@ class Scorer(nn.Module):
         return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) → (B, F, h', w') backbone features."""
-        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.freeze_backbone):
-            features = self.backbone(images)
-        return features[-1] if isinstance(features, (list, tuple)) else features
+        """(B, C, H, W) → (B, F, h', w') backbone features.
+
+        A frozen backbone runs without autograd in channels-last layout (depthwise convolutions
+        are several times faster in it on CPU) and, on the CPU, :attr:`frozen_cpu_chunk` images
+        per call: its images are independent (eval mode), and small chunks keep the activations
+        (~50 MiB per 448 image for MobileNetV3-Small) in reused memory and cache instead of
+        fresh pages for the whole batch (peak memory 245 → 81 MiB, scorer forward 3.7x faster at
+        batch 32 on the development CPU, notes/bench_tokenizer.md).
+        """
+        if not self.freeze_backbone:
+            return _last_feature(self.backbone(images))
+        chunk = self.frozen_cpu_chunk if images.device.type == "cpu" else images.shape[0]
+        with torch.no_grad():
+            parts = [
+                _last_feature(self.backbone(part.contiguous(memory_format=torch.channels_last)))
+                for part in images.split(max(chunk, 1))
+            ]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images → (B, h, w) positive scores."""
