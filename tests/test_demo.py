@@ -51,13 +51,14 @@ def test_models_share_the_token_budget_and_oracle_ignores_the_mask_channel():
 
 def test_demo_runs_end_to_end(tmp_path, capsys):
     summary = main(["--out", str(tmp_path), "--train-size", "64", "--test-size", "32", "--epochs", "1",
-                    "--scorer", "cnn", "--threads", "1"])
+                    "--scorer", "cnn", "--threads", "1", "--published-row"])
     table = capsys.readouterr().out
-    for name in ("fixed grid", "DART", "DART, oracle"):
+    names = ["fixed grid", "DART", "DART, contrast 1", "DART, oracle"]
+    for name in names:
         assert name in table
     saved = json.loads((tmp_path / "results.json").read_text())
-    assert [r["name"] for r in saved["results"]] == ["fixed grid", "DART", "DART, oracle"]
+    assert [r["name"] for r in saved["results"]] == names
     assert all(r["tokens"] == 16 and 0 <= r["accuracy"] <= 1 and r["mflops"] > 0 for r in saved["results"])
     for path in summary["pictures"]:
         assert Image.open(path).size[0] > 200
-    assert (tmp_path / "log.jsonl").read_text().count("\n") == 3
+    assert (tmp_path / "log.jsonl").read_text().count("\n") == len(names)

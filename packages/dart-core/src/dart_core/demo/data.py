@@ -19,7 +19,7 @@ import torch.nn.functional as F
 class ClutterConfig:
     canvas: int = 64
     digit_scale: int = 2
-    num_fragments: int = 6
+    num_fragments: int = 3
     fragment: int = 3  # side of a fragment, in original 8×8 digit pixels
     noise: float = 0.05
 

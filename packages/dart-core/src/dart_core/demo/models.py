@@ -47,28 +47,32 @@ class GrayToImageNet(nn.Module):
         return (images * 2 - 1).expand(-1, 3, -1, -1)
 
 
-def lite0_scorer(grid: int) -> Scorer:
+def lite0_scorer(grid: int, contrast: float = 1.0) -> Scorer:
     """The paper's setting: a frozen ImageNet CNN (EfficientNet-Lite0, real weights shipped in a pip
-    package; its stride-8 stage) and a trainable v1 head."""
-    scorer = build_scorer("tf_efficientnet_lite0", "v1", grid_size=(grid, grid), weights="packaged", stage=2)
+    package; its stride-8 stage) and a trainable v1 head; ``contrast`` as in :class:`Scorer`."""
+    scorer = build_scorer(
+        "tf_efficientnet_lite0", "v1", grid_size=(grid, grid), weights="packaged", stage=2, contrast=contrast
+    )
     scorer.backbone = nn.Sequential(GrayToImageNet(), scorer.backbone)
     return scorer
 
 
-def cnn_scorer(grid: int) -> Scorer:
+def cnn_scorer(grid: int, contrast: float = 1.0) -> Scorer:
     """A small CNN scorer trained from scratch with the head."""
-    return Scorer(small_cnn(), 32, grid_size=(grid, grid), version="v1", freeze_backbone=False)
+    return Scorer(small_cnn(), 32, grid_size=(grid, grid), version="v1", freeze_backbone=False, contrast=contrast)
 
 
 SCORERS = {"lite0": lite0_scorer, "cnn": cnn_scorer}
 
 
-def dart_classifier(canvas: int, grid: int, num_tokens: int, patch_size: int, scorer: str = "lite0") -> nn.Module:
+def dart_classifier(
+    canvas: int, grid: int, num_tokens: int, patch_size: int, scorer: str = "lite0", contrast: float = 1.0
+) -> nn.Module:
     """A tiny ViT whose h×w grid (and positional table) is ``grid``², fed the full canvas
     (``sample_scale = canvas / (grid·P)``), with a scorer trained end to end through the partition."""
     scale = canvas // (grid * patch_size)
     vit = tiny_vit(grid * patch_size, patch_size)
-    return patch_timm(vit, num_tokens=num_tokens, sample_scale=scale, scorer=SCORERS[scorer](grid))
+    return patch_timm(vit, num_tokens=num_tokens, sample_scale=scale, scorer=SCORERS[scorer](grid, contrast))
 
 
 class BoxOracleScorer(nn.Module):
