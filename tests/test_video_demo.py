@@ -5,7 +5,11 @@ import random
 
 import numpy as np
 import pytest
+import torch
+from dart_core.pretrained import efficientnet_lite0
+from dart_core.scorers import standardise
 from dart_video import data
+from dart_video.demo import models
 from dart_video.demo.__main__ import main
 from dart_video.demo.moving_digits import (
     DIRECTIONS,
@@ -35,8 +39,10 @@ def test_handwriting_pools_are_disjoint_and_flip_distinct():
     assert flat_train | {d.tobytes() for d in val} <= kept
 
 
-def locate(frame, sprite):
-    """The (y, x) where ``sprite`` sits in ``frame`` exactly (brute force)."""
+def locate(frame, digit):
+    """The (y, x) where ``digit``'s ink sits in ``frame`` exactly (brute force), drawn bright on
+    the grey background."""
+    sprite = CLEAN.background + (1 - CLEAN.background) * digit
     side = sprite.shape[0]
     hits = [(y, x) for y in range(frame.shape[0] - side + 1) for x in range(frame.shape[1] - side + 1)
             if np.array_equal(frame[y:y + side, x:x + side], sprite)]
@@ -49,11 +55,11 @@ def test_clips_do_what_their_label_says(label):
     train, _ = digit_pools()
     digit = train[0]
     clip = render_clip(digit, label, train, CLEAN, np.random.default_rng(label))
-    assert clip.shape == (6, 48, 48) and clip.min() >= 0 and clip.max() <= 1
+    assert clip.shape == (6, 48, 48) and clip.min() == CLEAN.background and clip.max() <= 1
     y, x = locate(clip[0], digit)
     if label < 4:  # it travels the set distance in its direction
         shift = np.subtract(locate(clip[-1], digit), (y, x))
-        np.testing.assert_array_equal(shift, np.array(DIRECTIONS[label]) * round(CLEAN.travel * 48))
+        np.testing.assert_array_equal(shift, np.array(DIRECTIONS[label]) * round(CLEAN.travel * (48 - 8)))
     elif label == UPSIDE_DOWN:  # the same place, flipped vertically from the middle on
         assert locate(clip[2], digit) == (y, x) and locate(clip[3], digit[::-1]) == (y, x) == locate(clip[-1], digit[::-1])
     elif label == 4:
@@ -76,6 +82,37 @@ def test_dataset_is_ssv2_layout_and_webm_round_trips(tmp_path):
     rng = np.random.default_rng(2)
     expected = render_clip(train_pool[rng.integers(len(train_pool))], 0, train_pool, config, rng)
     assert np.abs(frames[..., 0] / 255 - expected).mean() < 0.02
+
+
+def test_demo_models_share_network_and_budget():
+    uniform = models.build(False, 6, num_frames=2, frame=32, patch=8, tokens_per_frame=4, embed_dim=16, depth=1)
+    dart = models.build(True, 6, num_frames=2, frame=32, patch=8, tokens_per_frame=4, embed_dim=16, depth=1)
+    clips = torch.randn(2, 3, 2, 32, 32)
+    assert uniform.embed(clips[..., :16, :16]).shape == dart.embed(clips).shape == (2, 1 + 8, 16)  # the same budget
+    mamba = {k: v.shape for k, v in uniform.state_dict().items() if k.startswith(("layers.", "head", "norm_f"))}
+    assert mamba == {k: v.shape for k, v in dart.state_dict().items() if k.startswith(("layers.", "head", "norm_f"))}
+    scorer = dart.patch_embed.scorer
+    assert not any(p.requires_grad for p in scorer.backbone.parameters())  # frozen: only the gate head learns
+    torch.testing.assert_close(scorer.backbone[0].net[0].weight, efficientnet_lite0().conv_stem.weight)  # real ImageNet weights
+    assert scorer(torch.randn(2, 3, 2 * 32, 32)).shape == (2, 2 * 4, 4)  # one score per 8x8 cell of each frame
+    # the fixed sine-cosine tables: unit amplitude, distinct rows
+    for table in (uniform.pos_embed[0, 1:], dart.pos_embed[0, 1:], dart.temporal_pos_embedding[0]):
+        assert table.abs().max() <= 1 and torch.cdist(table, table).add(torch.eye(len(table))).min() > 0.1
+
+
+def test_frame_contrast_is_zero_on_a_plain_frame_and_the_scorer_contrast_scales_logits():
+    plain = torch.full((1, 3, 16, 16), 0.7)
+    assert models.FrameContrast()(plain).abs().max() < 1e-6
+    assert models.lite0_stem(4)(plain.expand(2, 3, 16, 16)).abs().max() < 1e-5  # no border shows up either
+    torch.manual_seed(0)
+    tall = torch.randn(2, 3, 2 * 32, 32)
+    one, three = (models.temporal_scorer(2, 32, 8, contrast=c) for c in (1.0, 3.0))
+    three.load_state_dict(one.state_dict())
+    with torch.no_grad():  # sigmoid(2 c z), z = the clip-standardised raw scores of the gate head
+        features = one.features(tall.view(2, 3, 2, 32, 32).transpose(1, 2).reshape(4, 3, 32, 32)).view(2, 2, 16, 4, 4)
+        z = standardise(one.head.raw_scores(features).reshape(2, 8, 4))
+        torch.testing.assert_close(one(tall), torch.sigmoid(2 * z))
+        torch.testing.assert_close(three(tall), torch.sigmoid(6 * z))
 
 
 def test_demo_end_to_end_tiny(tmp_path, capsys):

@@ -59,12 +59,16 @@ class TemporalDifferenceScorer(Scorer):
         hidden_dim: FC width.
         batch_stats: standardise with the batch's statistics instead of each clip's.
         freeze_backbone: keep the backbone frozen (default).
+        contrast: multiplies the standardised scores before the activation (1: published; see
+            :class:`dart_core.scorers.Scorer`). A small object in a long clip sits on few cells,
+            which caps its density at a few times the background's unless this is raised.
     """
 
     def __init__(self, backbone: nn.Module, feature_dim: int, num_frames: int, grid_size=(14, 14),
-                 hidden_dim: int = 96, batch_stats: bool = False, freeze_backbone: bool = True):
+                 hidden_dim: int = 96, batch_stats: bool = False, freeze_backbone: bool = True,
+                 contrast: float = 1.0):
         super().__init__(backbone, feature_dim, grid_size=grid_size, version="v2", hidden_dim=hidden_dim,
-                         batch_stats=batch_stats, freeze_backbone=freeze_backbone)
+                         batch_stats=batch_stats, freeze_backbone=freeze_backbone, contrast=contrast)
         self.head = TemporalGateHead(feature_dim, hidden_dim)
         self.num_frames = num_frames
 
@@ -78,7 +82,7 @@ class TemporalDifferenceScorer(Scorer):
         raw = self.head.raw_scores(features)  # (B, T, h', w')
         raw = F.interpolate(raw.flatten(0, 1).unsqueeze(1), size=self.grid_size, mode="bilinear", align_corners=False)
         raw = raw.view(batch, frames * self.grid_size[0], self.grid_size[1])
-        return self.head.activate(standardise(raw, self.batch_stats))
+        return self.head.activate(self.contrast * standardise(raw, self.batch_stats))
 
 
 def build_temporal_scorer(

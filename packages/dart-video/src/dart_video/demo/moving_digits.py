@@ -1,11 +1,15 @@
 """Moving digits: a small Something-Something-V2-layout data set of real handwriting.
 
 Each clip shows one of scikit-learn's real 8×8 handwritten digits (``load_digits``), upscaled
-``digit_scale``× and small in a large dark frame, among static fragments of other digits. What
+``digit_scale``× and small in a large grey frame, among static fragments of other digits (ink is
+bright; the grey level sits near the ImageNet mean, so normalised frames are centred on 0 and the
+digit stands out of a zero background instead of riding on a large constant offset). What
 the digit does is the class, named like SSv2's templates:
 
 * ``Pushing [something] from left to right`` / ``from right to left`` / ``Moving [something] up``
-  / ``down``: it travels ``travel`` × the frame side;
+  / ``down``: it travels ``travel`` × the room it has (frame side − digit side; by default most
+  of the way across, so where it starts and ends tells the direction even to a model that cannot
+  compare positions finely);
 * ``Holding [something]``: it stays where it is;
 * ``Turning [something] upside down``: it stays, and is shown flipped vertically from the middle
   of the clip on. Telling this from "holding" needs the digit's shape, not just where it is, so
@@ -47,11 +51,19 @@ class MovingDigitsConfig:
     frame: int = 64  # frame side (pixels)
     frames: int = 8  # frames written per clip
     digit_scale: int = 1  # digit side = 8 · digit_scale pixels
-    travel: float = 0.375  # distance moved over the clip, as a fraction of the frame side
+    travel: float = 0.9  # distance moved over the clip, as a fraction of (frame side - digit side)
     fragments: int = 4  # static distracting fragments of other digits
     fragment: int = 4  # fragment side in original digit pixels
     noise: float = 0.04  # uniform noise amplitude (per frame)
+    background: float = 0.45  # grey level of the frame; ink goes from it to white
     fps: int = 12
+
+    def __post_init__(self):
+        if self.frame < 8 * self.digit_scale:
+            raise ValueError(f"a {8 * self.digit_scale}-pixel digit does not fit a {self.frame}-pixel frame: "
+                             "lower digit_scale or enlarge the frame")
+        if not 0 <= self.travel <= 1:
+            raise ValueError(f"travel is a fraction of the room the digit has, in [0, 1]; got {self.travel}")
 
 
 def digit_pools(test_fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, np.ndarray]:
@@ -69,7 +81,7 @@ def digit_pools(test_fraction: float = 0.3, seed: int = 0) -> tuple[np.ndarray, 
 
 def render_clip(digit: np.ndarray, label: int, pool: np.ndarray, config: MovingDigitsConfig,
                 rng: np.random.Generator) -> np.ndarray:
-    """One clip as (frames, S, S) float frames in [0, 1]."""
+    """One clip as (frames, S, S) float frames in [0, 1]: ``background + (1 - background) · ink``."""
     size, scale, frames = config.frame, config.digit_scale, config.frames
     side, piece_side = 8 * scale, config.fragment * scale
     background = np.zeros((size, size), np.float32)
@@ -81,7 +93,7 @@ def render_clip(digit: np.ndarray, label: int, pool: np.ndarray, config: MovingD
         background[py:py + piece_side, px:px + piece_side] = np.maximum(
             background[py:py + piece_side, px:px + piece_side], piece)
     dy, dx = DIRECTIONS[label]
-    distance = round(config.travel * size)
+    distance = round(config.travel * (size - side))
     span_y, span_x = size - side - abs(dy) * distance, size - side - abs(dx) * distance
     y0 = rng.integers(0, span_y + 1) + (distance if dy < 0 else 0)
     x0 = rng.integers(0, span_x + 1) + (distance if dx < 0 else 0)
@@ -94,7 +106,7 @@ def render_clip(digit: np.ndarray, label: int, pool: np.ndarray, config: MovingD
         frame = background.copy()
         frame[y:y + side, x:x + side] = np.maximum(frame[y:y + side, x:x + side], shown)
         clip[t] = frame + config.noise * rng.random((size, size), dtype=np.float32)
-    return np.clip(clip, 0, 1)
+    return config.background + (1 - config.background) * np.clip(clip, 0, 1)
 
 
 def write_webm(path: str, clip: np.ndarray, fps: int = 12) -> None:
