@@ -38,11 +38,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--scorer", choices=("cnn", "lite0"), default="lite0",
                         help="DART's scorer: a small CNN trained from scratch, or frozen ImageNet EfficientNet-Lite0 + head")
     parser.add_argument("--scorer-lr-scale", type=float, default=10.0, help="scorer learning rate / ViT learning rate")
-    parser.add_argument("--contrast", type=float, default=4.0,
-                        help="score contrast (dart_core.Scorer): 1 is the published activation, which lets a digit "
-                             "on 1/16 of the canvas draw at most 2x the background's token density; 4 allows 3x")
-    parser.add_argument("--published-row", action="store_true",
-                        help="also train DART with the published activation (contrast 1)")
+    parser.add_argument("--contrast", type=float, default=1.0,
+                        help="score contrast (dart_core.Scorer; 1 = the published activation, which lets a digit on "
+                             "1/16 of the canvas draw at most 2x the background's token density; 4 allows 3x)")
     parser.add_argument("--no-oracle", action="store_true", help="skip the oracle-scorer diagnostic row")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
@@ -70,10 +68,6 @@ def main(argv=None) -> dict:
         "DART": (lambda: dart_classifier(args.canvas, args.grid, args.tokens, args.patch_size, args.scorer,
                                          args.contrast), train_x, test_x),
     }
-    if args.published_row:
-        runs["DART, contrast 1"] = (
-            lambda: dart_classifier(args.canvas, args.grid, args.tokens, args.patch_size, args.scorer, 1.0),
-            train_x, test_x)
     if not args.no_oracle:
         runs["DART, oracle"] = (lambda: oracle_classifier(args.canvas, args.grid, args.tokens, args.patch_size),
                                 with_box_mask(train_x, train_corners, digit_side),
