@@ -63,3 +63,20 @@ def test_demo_runs_end_to_end(tmp_path, capsys):
     for path in summary["pictures"]:
         assert Image.open(path).size[0] > 200
     assert (tmp_path / "log.jsonl").read_text().count("\n") == len(names)
+
+
+def test_default_scorer_starts_from_where_something_stands_out():
+    """At initialisation (random head) the v2 head on frame-relative Lite0 features already scores
+    the digit's cells above the empty canvas: the prior DART's partition starts from."""
+    torch.manual_seed(0)
+    model = dart_classifier(64, 8, 16, 4)
+    scorer = model.patch_embed.scorer
+    assert scorer.version == "v2" and not any(p.requires_grad for p in scorer.backbone.parameters())
+    (digits, labels), _ = load_digits_split()
+    images, _, corners = make_canvases(digits, labels, 8, ClutterConfig(num_fragments=0, noise=0.0), seed=5)
+    with torch.no_grad():
+        scores = scorer(images)
+    inside = with_box_mask(images, corners, 16)[:, 1:]
+    box = torch.nn.functional.adaptive_avg_pool2d(inside, 8)[:, 0] > 0.5
+    for s, b in zip(scores, box, strict=True):
+        assert s[b].mean() > 2 * s[~b].mean()

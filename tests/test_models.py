@@ -109,6 +109,17 @@ def test_frozen_backbone_in_chunks_gives_the_whole_batch_features():
     assert scorer.features(images[:1]).shape == whole[:1].shape
 
 
+def test_feature_contrast_is_the_distance_to_the_image_mean():
+    from dart_core.scorers import FeatureContrast
+
+    features = torch.randn(2, 5, 4, 6, dtype=torch.float64)
+    want = torch.stack([
+        torch.stack([(features[b, c] - features[b, c].sum() / 24).abs() for c in range(5)]) for b in range(2)
+    ])
+    torch.testing.assert_close(FeatureContrast()([features * 3, features]), want)
+    assert FeatureContrast()(torch.full((1, 3, 4, 4), 2.5)).abs().max() == 0
+
+
 def test_timm_features_only_scorer():
     scorer = build_scorer("timm:resnet18", "v2", grid_size=(4, 4))
     assert scorer(torch.randn(2, 3, 64, 64)).shape == (2, 4, 4)

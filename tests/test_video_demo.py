@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 from dart_core.pretrained import efficientnet_lite0
-from dart_core.scorers import standardise
+from dart_core.scorers import FeatureContrast, standardise
 from dart_video import data
 from dart_video.demo import models
 from dart_video.demo.__main__ import main
@@ -102,7 +102,7 @@ def test_demo_models_share_network_and_budget():
 
 def test_frame_contrast_is_zero_on_a_plain_frame_and_the_scorer_contrast_scales_logits():
     plain = torch.full((1, 3, 16, 16), 0.7)
-    assert models.FrameContrast()(plain).abs().max() < 1e-6
+    assert FeatureContrast()(plain).abs().max() < 1e-6
     assert models.lite0_stem(4)(plain.expand(2, 3, 16, 16)).abs().max() < 1e-5  # no border shows up either
     torch.manual_seed(0)
     tall = torch.randn(2, 3, 2 * 32, 32)

@@ -88,6 +88,21 @@ class ScoreHeadV2(nn.Module):
 HEADS = {"v1": ScoreHeadV1, "v2": ScoreHeadV2}
 
 
+class FeatureContrast(nn.Module):
+    """(B, F, h, w) features (or a list of maps: the last is used) → ``|features − their mean
+    over the image|`` (B, F, h, w): zero on a plain background, large where something stands out.
+
+    Put after a frozen backbone and before a v2 head (score = Σ_c f·gate, the gate ≈ ½ at
+    initialisation), the scorer starts from the features' energy — "where is there something" —
+    instead of noise, so the ViT sees its objects at higher resolution from the first step and
+    the task loss refines the scores from there.
+    """
+
+    def forward(self, features: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
+        features = _last_feature(features)
+        return (features - features.mean(dim=(2, 3), keepdim=True)).abs()
+
+
 def _last_feature(features: torch.Tensor | list[torch.Tensor]) -> torch.Tensor:
     """A backbone's output, or the last of its feature maps."""
     return features[-1] if isinstance(features, (list, tuple)) else features

@@ -35,8 +35,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     parser.add_argument("--grid", type=int, default=8, help="DART score grid / positional table side")
     parser.add_argument("--canvas", type=int, default=64)
     parser.add_argument("--fragments", type=int, default=3, help="distracting digit fragments per canvas")
-    parser.add_argument("--scorer", choices=("cnn", "lite0"), default="lite0",
-                        help="DART's scorer: a small CNN trained from scratch, or frozen ImageNet EfficientNet-Lite0 + head")
+    parser.add_argument("--scorer", choices=("lite0", "lite0-v1", "cnn"), default="lite0",
+                        help="DART's scorer: frozen ImageNet EfficientNet-Lite0 + v2 head on its frame-relative "
+                             "features (lite0), + v1 head on the raw features (lite0-v1, the published DeiT "
+                             "setting), or a small CNN trained from scratch (cnn)")
     parser.add_argument("--scorer-lr-scale", type=float, default=10.0, help="scorer learning rate / ViT learning rate")
     parser.add_argument("--contrast", type=float, default=1.0,
                         help="score contrast (dart_core.Scorer; 1 = the published activation, which lets a digit on "

@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+from functools import partial
+
 import timm
 import torch
 import torch.nn as nn
 
 from ..models import patch_timm
-from ..scorers import Scorer, build_scorer
+from ..scorers import FeatureContrast, Scorer, build_scorer
 
 EMBED_DIM, DEPTH, HEADS = 64, 4, 4
 
@@ -47,13 +49,19 @@ class GrayToImageNet(nn.Module):
         return (images * 2 - 1).expand(-1, 3, -1, -1)
 
 
-def lite0_scorer(grid: int, contrast: float = 1.0) -> Scorer:
-    """The paper's setting: a frozen ImageNet CNN (EfficientNet-Lite0, real weights shipped in a pip
-    package; its stride-8 stage) and a trainable v1 head; ``contrast`` as in :class:`Scorer`."""
+def lite0_scorer(grid: int, contrast: float = 1.0, version: str = "v2") -> Scorer:
+    """A frozen ImageNet CNN (EfficientNet-Lite0, real weights shipped in a pip package; its
+    stride-8 stage) and a trainable head, as in the paper; ``contrast`` as in :class:`Scorer`.
+
+    ``version="v2"`` (the demo's default): the v2 head on :class:`~dart_core.scorers.FeatureContrast`
+    features, so the scorer starts from "where does something stand out" (digit and fragments)
+    rather than from noise. ``"v1"``: the v1 head on the raw features (the published DeiT setting).
+    """
     scorer = build_scorer(
-        "tf_efficientnet_lite0", "v1", grid_size=(grid, grid), weights="packaged", stage=2, contrast=contrast
+        "tf_efficientnet_lite0", version, grid_size=(grid, grid), weights="packaged", stage=2, contrast=contrast
     )
-    scorer.backbone = nn.Sequential(GrayToImageNet(), scorer.backbone)
+    after = [FeatureContrast()] if version == "v2" else []
+    scorer.backbone = nn.Sequential(GrayToImageNet(), scorer.backbone, *after)
     return scorer
 
 
@@ -62,7 +70,7 @@ def cnn_scorer(grid: int, contrast: float = 1.0) -> Scorer:
     return Scorer(small_cnn(), 32, grid_size=(grid, grid), version="v1", freeze_backbone=False, contrast=contrast)
 
 
-SCORERS = {"lite0": lite0_scorer, "cnn": cnn_scorer}
+SCORERS = {"lite0": lite0_scorer, "lite0-v1": partial(lite0_scorer, version="v1"), "cnn": cnn_scorer}
 
 
 def dart_classifier(

