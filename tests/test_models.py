@@ -19,15 +19,7 @@ from dart_core import (
 )
 from dart_core.checkpoint import CheckpointMismatchError, read_state_dict
 from dart_core.training import CheckpointError
-
-
-class UniformScorer(nn.Module):
-    def __init__(self, grid):
-        super().__init__()
-        self.grid = grid
-
-    def forward(self, images):
-        return images.new_ones(images.shape[0], *self.grid)
+from fixed_scores import GivenScores
 
 
 def test_standardise_per_sample_and_batch():
@@ -151,7 +143,7 @@ def test_unknown_scorer_backbone_is_a_clear_error():
 def test_tokenizer_with_uniform_scores_equals_patch_embed():
     """The drop-in contract: uniform scores at H = h·P give timm's PatchEmbed exactly (up to the guards)."""
     embed = timm.layers.PatchEmbed(img_size=64, patch_size=16, in_chans=3, embed_dim=32)
-    dart = DART(img_size=64, patch_size=16, in_chans=3, embed_dim=32, scorer=UniformScorer((4, 4)))
+    dart = DART(img_size=64, patch_size=16, in_chans=3, embed_dim=32, scorer=GivenScores((4, 4)))
     dart.proj.load_state_dict(embed.proj.state_dict())
     images = torch.rand(2, 3, 64, 64)
     out = dart(images, pos_grid=torch.randn(1, 4, 4, 32), return_details=True)
@@ -191,7 +183,7 @@ def test_patch_timm_keeps_class_and_distillation_tokens():
     deit = timm.create_model("deit_tiny_distilled_patch16_224", img_size=64, depth=1, num_classes=3).eval()
     images = torch.rand(2, 3, 64, 64)
     before = deit(images)
-    patch_timm(deit, scorer=UniformScorer((4, 4)))
+    patch_timm(deit, scorer=GivenScores((4, 4)))
     assert (deit(images) - before).abs().max() < 1e-3
 
 
@@ -200,7 +192,7 @@ def test_patch_timm_keeps_a_pretrained_vit_exact_under_uniform_scores():
     vit = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=2, num_classes=3).eval()
     images = torch.rand(2, 3, 64, 64)
     before = vit(images)
-    patch_timm(vit, scorer=UniformScorer((4, 4)))
+    patch_timm(vit, scorer=GivenScores((4, 4)))
     assert isinstance(vit.patch_embed, DART)
     after = vit(images)
     assert (after - before).abs().max() < 1e-3

@@ -7,18 +7,9 @@ import torch
 import torch.nn as nn
 from dart_core.checkpoint import CheckpointMismatchError
 from dart_video.checkpoint import fit_patch_weight, load_video_checkpoint
+from fixed_scores import GivenScores
 
 TINY = dict(img_size=32, num_frames=3, depth=2, embed_dim=16, d_state=4, num_classes=5)
-
-
-class UniformScores(nn.Module):
-    def __init__(self, grid, scores=None):
-        super().__init__()
-        self.grid, self.scores = grid, scores
-
-    def forward(self, tall):
-        scores = torch.ones(1, *self.grid, dtype=tall.dtype) if self.scores is None else self.scores.to(tall.dtype)
-        return scores.expand(tall.shape[0], -1, -1)
 
 
 def videomamba_release_keys(depth):
@@ -80,7 +71,7 @@ def test_dart_with_uniform_scores_and_full_budget_equals_videomamba(tmp_path):
         plain.temporal_pos_embedding.normal_(std=0.1)
     path = tmp_path / "videomamba.pth"
     torch.save({"model": plain.state_dict()}, path)
-    dart = timm.create_model("videomamba_tiny_dart_patch16_224", num_tokens=3 * 4, scorer=UniformScores((6, 2)),
+    dart = timm.create_model("videomamba_tiny_dart_patch16_224", num_tokens=3 * 4, scorer=GivenScores((6, 2)),
                              **TINY).eval()
     load_video_checkpoint(dart, path)
     assert dart.patch_embed.num_rows == 6
@@ -91,7 +82,7 @@ def test_dart_with_uniform_scores_and_full_budget_equals_videomamba(tmp_path):
 
 def test_dart_budget_sequence_and_gradients():
     scores = (torch.rand(1, 6, 2) + 0.1).requires_grad_(True)
-    model = timm.create_model("videomamba_tiny_dart_patch16_224", scorer=UniformScores((6, 2), scores), **TINY)
+    model = timm.create_model("videomamba_tiny_dart_patch16_224", scorer=GivenScores((6, 2), scores), **TINY)
     assert model.patch_embed.num_tokens == 6  # default budget: half of T·h·w
     video = torch.rand(2, 3, 3, 32, 32)
     assert model.forward_features(video).shape == (2, 7, 16)

@@ -14,18 +14,7 @@ from dart_video import (
     video_num_rows,
     video_pos_grid,
 )
-
-
-class GivenScores(nn.Module):
-    """Fixed (1, T·h, w) scores (uniform by default) for any clip."""
-
-    def __init__(self, grid, scores=None):
-        super().__init__()
-        self.grid, self.scores = grid, scores
-
-    def forward(self, tall):
-        scores = torch.ones(1, *self.grid, dtype=tall.dtype) if self.scores is None else self.scores.to(tall.dtype)
-        return scores.expand(tall.shape[0], -1, -1)
+from fixed_scores import GivenScores
 
 
 def test_row_count_keeps_tokens_square():
