@@ -26,7 +26,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import sys
 import time
 
@@ -55,6 +54,7 @@ from dart_core.training import (  # noqa: E402
     seed_everything,
     seed_rank,
     teardown_distributed,
+    train_epoch,
 )
 from pretrain_config import UsageError, parse_args, plain_args, scaled_lr  # noqa: E402
 from pretrain_data import build_mixup, build_transforms, check_same_classes, image_folder, make_loader  # noqa: E402
@@ -344,6 +344,11 @@ def tensorboard_writer(args, ctx: DistContext):
     return SummaryWriter(os.path.join(args.output_dir, "tb"))
 
 
+def log_train_scalars(writer, loss: float, lr: float, global_step: int) -> None:
+    writer.add_scalar("train/loss", loss, global_step)
+    writer.add_scalar("train/lr", lr, global_step)
+
+
 def train(args, ctx: DistContext, model, train_ds, val_ds, logger: JsonlLogger) -> dict:
     num_classes = len(train_ds.classes)
     if build_mixup(args, num_classes) is not None and args.batch_size % 2:
@@ -380,30 +385,13 @@ def train(args, ctx: DistContext, model, train_ds, val_ds, logger: JsonlLogger) 
     stats: dict = {}
     while trainer.epoch < args.epochs:
         epoch = trainer.epoch
-        sampler.set_epoch(epoch)
-        sampler.set_start(trainer.step_in_epoch * args.accum_steps * args.batch_size)
-        batches = iter(loader)
-        bar = tqdm(total=steps_per_epoch, initial=trainer.step_in_epoch, desc=f"epoch {epoch}",
-                   disable=args.no_progress or not ctx.is_main)
-        losses = []
-        while trainer.step_in_epoch < steps_per_epoch:
-            loss = trainer.train_step(batches)
-            losses.append(loss)
-            bar.update(1)
-            lr = trainer.optimizer.param_groups[0]["lr"]
-            if trainer.global_step % args.log_interval == 0 or trainer.step_in_epoch == steps_per_epoch:
-                logger.log(event="train", epoch=epoch, step=trainer.step_in_epoch, global_step=trainer.global_step,
-                           loss=loss, lr=lr)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-                if writer is not None:
-                    writer.add_scalar("train/loss", loss, trainer.global_step)
-                    writer.add_scalar("train/lr", lr, trainer.global_step)
-            if trainer.global_step % args.ckpt_interval == 0 and trainer.step_in_epoch < steps_per_epoch:
-                trainer.save(train_ds.classes)
-            if args.debug_kill_at_step == trainer.global_step:
-                os.kill(os.getpid(), signal.SIGKILL)  # tests: die like a pre-empted job, no clean-up
-        bar.close()
-        del batches
+        losses = train_epoch(
+            trainer, trainer.train_step, sampler, loader, steps_per_epoch, args.accum_steps * args.batch_size,
+            log_interval=args.log_interval, ckpt_interval=args.ckpt_interval, logger=logger,
+            save=lambda: trainer.save(train_ds.classes), progress=not args.no_progress and ctx.is_main,
+            on_log=None if writer is None else lambda loss, lr: log_train_scalars(writer, loss, lr, trainer.global_step),
+            kill_at_step=args.debug_kill_at_step,
+        )
         stats = evaluate(model, val_loader, args, ctx, num_classes)
         improved = trainer.best_top1 is None or stats["top1"] > trainer.best_top1
         trainer.best_top1 = stats["top1"] if improved else trainer.best_top1

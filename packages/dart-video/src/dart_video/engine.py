@@ -14,7 +14,6 @@ from __future__ import annotations
 import contextlib
 import math
 import os
-import signal
 import time
 from collections.abc import Iterator, Sequence
 
@@ -34,6 +33,7 @@ from dart_core.training import (
     restore_rng_state,
     save_checkpoint,
     seed_rank,
+    train_epoch,
 )
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
@@ -274,27 +274,12 @@ def fit(config: TrainConfig, ctx: DistContext, model: VideoMamba, train_samples,
     metrics: dict = {}
     while trainer.epoch < config.epochs:
         epoch = trainer.epoch
-        sampler.set_epoch(epoch)
-        sampler.set_start(trainer.step_in_epoch * config.accum_steps * config.batch_size)
-        batches = iter(loader)
-        bar = tqdm(total=steps_per_epoch, initial=trainer.step_in_epoch, desc=f"epoch {epoch}",
-                   disable=not (config.progress and ctx.is_main))
-        losses = []
-        while trainer.step_in_epoch < steps_per_epoch:
-            loss = trainer.step(batches)
-            losses.append(loss)
-            bar.update(1)
-            lr = max(group["lr"] for group in trainer.optimizer.param_groups)
-            if trainer.global_step % config.log_interval == 0 or trainer.step_in_epoch == steps_per_epoch:
-                logger.log(event="train", epoch=epoch, step=trainer.step_in_epoch, global_step=trainer.global_step,
-                           loss=loss, lr=lr)
-                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
-            if trainer.global_step % config.ckpt_interval == 0 and trainer.step_in_epoch < steps_per_epoch:
-                trainer.save(out, classes)
-            if kill_at_step == trainer.global_step:
-                os.kill(os.getpid(), signal.SIGKILL)  # tests: die like a pre-empted job, no clean-up
-        bar.close()
-        del batches
+        losses = train_epoch(
+            trainer, trainer.step, sampler, loader, steps_per_epoch, config.accum_steps * config.batch_size,
+            log_interval=config.log_interval, ckpt_interval=config.ckpt_interval, logger=logger,
+            save=lambda: trainer.save(out, classes), progress=config.progress and ctx.is_main,
+            kill_at_step=kill_at_step,
+        )
         metrics = evaluate(model, val_loader, config, ctx)
         improved = trainer.best_top1 is None or metrics["top1"] > trainer.best_top1
         trainer.best_top1 = metrics["top1"] if improved else trainer.best_top1

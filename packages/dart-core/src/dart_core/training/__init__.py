@@ -1,5 +1,6 @@
 """Shared training utilities: atomic/safe checkpoints, RNG state capture for exact resume,
-resumable seeded data order, JSON-lines logs, torchrun setup and FLOP counting."""
+resumable seeded data order, the steps of a resumable epoch, JSON-lines logs, torchrun setup
+and FLOP counting."""
 
 from .checkpoint import SAFE_GLOBALS, CheckpointError, load_checkpoint, save_checkpoint
 from .data import EpochSampler, SeededDataset, sample_seed
@@ -13,6 +14,7 @@ from .distributed import (
 )
 from .flops import count_flops, count_params, unfused_attention
 from .jsonl import JsonlLogger, read_jsonl
+from .loop import train_epoch
 from .rng import capture_rng_state, restore_rng_state, seed_everything, seeded_rng
 from .step import optimizer_update
 
@@ -39,5 +41,6 @@ __all__ = [
     "seed_rank",
     "seeded_rng",
     "teardown_distributed",
+    "train_epoch",
     "unfused_attention",
 ]

@@ -1,0 +1,71 @@
+"""The steps of one resumable training epoch, shared by the image and video trainers."""
+
+from __future__ import annotations
+
+import os
+import signal
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from tqdm import tqdm
+
+from .data import EpochSampler
+from .jsonl import JsonlLogger
+
+
+def train_epoch(
+    trainer: Any,
+    step: Callable[[Any], float],
+    sampler: EpochSampler,
+    loader: Iterable,
+    steps_per_epoch: int,
+    samples_per_step: int,
+    *,
+    log_interval: int,
+    ckpt_interval: int,
+    logger: JsonlLogger,
+    save: Callable[[], None],
+    progress: bool = True,
+    on_log: Callable[[float, float], None] | None = None,
+    kill_at_step: int | None = None,
+) -> list[float]:
+    """Run epoch ``trainer.epoch`` from optimizer step ``trainer.step_in_epoch`` to its end.
+
+    Args:
+        trainer: holds ``epoch``, ``step_in_epoch``, ``global_step`` and ``optimizer``.
+        step: ``step(batches)`` takes the next batch(es) from the iterator, makes one optimizer
+            step (advancing the trainer's counters) and returns its loss.
+        sampler, loader: the epoch's data; the sampler restarts mid-epoch after
+            ``step_in_epoch × samples_per_step`` samples, so a resumed epoch sees the rest of the
+            same order.
+        log_interval: a ``train`` event (and ``on_log(loss, lr)``) every this many global steps
+            and at the end of the epoch.
+        ckpt_interval: ``save()`` every this many global steps inside the epoch (the end of the
+            epoch is the caller's to save, after evaluation).
+        kill_at_step: tests only: SIGKILL the process at this global step, like a pre-empted job.
+
+    Returns:
+        The losses of the steps run.
+    """
+    epoch = trainer.epoch
+    sampler.set_epoch(epoch)
+    sampler.set_start(trainer.step_in_epoch * samples_per_step)
+    batches = iter(loader)
+    losses = []
+    with tqdm(total=steps_per_epoch, initial=trainer.step_in_epoch, desc=f"epoch {epoch}", disable=not progress) as bar:
+        while trainer.step_in_epoch < steps_per_epoch:
+            loss = step(batches)
+            losses.append(loss)
+            bar.update(1)
+            lr = max(group["lr"] for group in trainer.optimizer.param_groups)
+            if trainer.global_step % log_interval == 0 or trainer.step_in_epoch == steps_per_epoch:
+                logger.log(event="train", epoch=epoch, step=trainer.step_in_epoch, global_step=trainer.global_step,
+                           loss=loss, lr=lr)
+                bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
+                if on_log is not None:
+                    on_log(loss, lr)
+            if trainer.global_step % ckpt_interval == 0 and trainer.step_in_epoch < steps_per_epoch:
+                save()
+            if kill_at_step == trainer.global_step:
+                os.kill(os.getpid(), signal.SIGKILL)  # no clean-up, on purpose
+    return losses
