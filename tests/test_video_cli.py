@@ -6,7 +6,7 @@ import pytest
 from dart_core.training import load_checkpoint, read_jsonl
 from dart_video.cli import main
 from PIL import Image
-from test_video_data import ssv2_root, write_webm  # noqa: F401  (fixture)
+from video_fixtures import ssv2_root, write_webm  # noqa: F401  (fixture)
 
 TINY = ["--model", "videomamba_tiny_dart_patch16_224", "--num-frames", "2", "--img-size", "32", "--num-tokens", "4",
         "--model-kwargs", json.dumps({"depth": 1, "embed_dim": 16, "d_state": 4}), "--device", "cpu"]
@@ -31,6 +31,12 @@ def test_train_resume_eval(ssv2_root, tmp_path, capsys):  # noqa: F811
     result = json.loads(capsys.readouterr().out.strip())
     assert result["clips"] == 1 and 0 <= result["top1"] <= result["top5"] <= 100
     assert result["tokens"] == 4 and result["model"] == "videomamba_tiny_dart_patch16_224"
+    # the release's SSv2 test views: 2 temporal clips x 3 spatial crops of the one (wide) validation video
+    assert main(["eval", "--data", str(ssv2_root), "--workers", "0", "--no-progress", "--checkpoint",
+                 str(out / "last.pth"), "--test-clips", "2", "--test-crops", "3", "--eval-batch-size", "4"]) == 0
+    multi = json.loads(capsys.readouterr().out.strip())
+    assert (multi["clips"], multi["videos"], multi["views"]) == (6, 1, [2, 3])
+    assert multi["top1"] in (0, 100) and multi["top1"] <= multi["top5"]
 
 
 def test_visualize_writes_the_tall_partition(tmp_path):

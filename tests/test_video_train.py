@@ -11,11 +11,12 @@ import numpy as np
 import pytest
 import timm
 import torch
-from dart_core.training import load_checkpoint, read_jsonl, seed_everything
+from dart_core.training import DistContext, load_checkpoint, read_jsonl, seed_everything
 from dart_video import data
-from dart_video.augment import ClipMixup, ClipRandAugment
+from dart_video.augment import ClipMixup, ClipRandAugment, ClipRandomErasing
 from dart_video.cli import run
 from dart_video.demo.moving_digits import MovingDigitsConfig, write_dataset
+from dart_video.engine import evaluate
 from dart_video.recipes import PRESETS, ConfigError, TrainConfig, add_config_flags, config_from_args
 from PIL import Image
 
@@ -49,6 +50,10 @@ def test_presets_hold_the_videomamba_ssv2_recipe():
             4e-4, 5, 0.75, 0.8, 1.0, 0.1, "bfloat16", 2)
         # 8 GPUs x 64 videos x 2 clips: 4e-4 x 1024 / 256
         assert c.scaled(world_size=8)["lr"] == pytest.approx(1.6e-3)
+        # run_class_finetuning.py's random erasing defaults; the scripts' --test_num_segment 2 --test_num_crop 3
+        assert (c.reprob, c.remode, c.recount, c.test_clips, c.test_crops) == (0.25, "pixel", 1, 2, 3)
+    generic = TrainConfig()
+    assert (generic.reprob, generic.test_clips, generic.test_crops) == (0.0, 1, 1)
 
 
 def test_config_precedence_and_errors(tmp_path):
@@ -67,6 +72,14 @@ def test_config_precedence_and_errors(tmp_path):
         parse(["--config", "nope"])
     with pytest.raises(ConfigError, match="--batch-size must be >= 1"):
         parse(["--batch-size", "0"])
+    config = parse(["--config", "videomamba_tiny_ssv2_8f", "--test-clips", "1", "--reprob", "0.5", "--remode", "rand"])
+    assert (config.test_clips, config.test_crops, config.reprob, config.remode) == (1, 3, 0.5, "rand")
+    with pytest.raises(ConfigError, match="--test-crops must be >= 1"):
+        parse(["--test-crops", "0"])
+    with pytest.raises(ConfigError, match=r"--reprob must be in \[0, 1\]"):
+        parse(["--reprob", "1.5"])
+    with pytest.raises(ConfigError, match="--remode must be pixel, rand or const"):
+        parse(["--remode", "noise"])
 
 
 # ---------------------------------------------------------------- augmentation
@@ -110,6 +123,70 @@ def test_clip_mixup_mixes_whole_clips_with_one_box():
     assert soft[0, 0].item() == pytest.approx(1 - box.float().mean().item())
     with pytest.raises(ValueError, match="even batch"):
         ClipMixup(0.8, 1.0, 1.0, 0.5, 0.1, 4)(clips[:3], labels[:3])
+
+
+def erased_box(mask):
+    """The one (top, left, h, w) box of a (3, T, H, W) mask that is the same in every channel and
+    frame; fails otherwise."""
+    box = mask[0, 0]
+    assert (mask == box).all(), "the box must go through every channel and frame"
+    rows, cols = box.any(1).nonzero().flatten(), box.any(0).nonzero().flatten()
+    top, left, h, w = rows[0].item(), cols[0].item(), len(rows), len(cols)
+    assert box[top:top + h, left:left + w].all() and box.sum() == h * w, "the erased region must be one rectangle"
+    return top, left, h, w
+
+
+def within_timm_bounds(h, w, size):
+    """timm draws area a in [0.02, 1/3]·size² and aspect r in [0.3, 1/0.3], then rounds
+    h = round(√(a·r)), w = round(√(a/r)): the rounded box must be reachable from such (a, r)."""
+    area = size * size
+    return ((h + 0.5) * (w + 0.5) >= 0.02 * area and (h - 0.5) * (w - 0.5) <= area / 3
+            and (h + 0.5) / (w - 0.5) >= 0.3 and (h - 0.5) / (w + 0.5) <= 1 / 0.3)
+
+
+def test_random_erasing_cuts_one_box_through_all_frames():
+    clip = torch.ones(3, 4, 48, 48)
+    boxes = set()
+    for seed in range(8):
+        seed_everything(seed)
+        out = ClipRandomErasing(1.0, "pixel")(clip)
+        assert torch.equal(clip, torch.ones(3, 4, 48, 48))  # the input is left alone
+        top, left, h, w = erased_box(out != 1)
+        assert within_timm_bounds(h, w, 48)
+        noise = out[:, :, top:top + h, left:left + w]
+        assert not torch.equal(noise[:, 0], noise[:, 1])  # per-pixel noise, drawn afresh for every frame
+        assert abs(noise.mean().item()) < 0.5 and 0.7 < noise.std().item() < 1.3  # standard normal
+        boxes.add((top, left, h, w))
+        seed_everything(seed)
+        const = ClipRandomErasing(1.0, "const")(clip)
+        assert erased_box(const == 0) == (top, left, h, w)  # the same draws: the same box, zeros
+        seed_everything(seed)
+        colour = ClipRandomErasing(1.0, "rand")(clip)[:, :, top:top + h, left:left + w]
+        assert (colour == colour[..., :1, :1]).all()  # one colour per channel and frame
+    assert len(boxes) == 8
+    seed_everything(0)
+    assert torch.equal(ClipRandomErasing(0.0)(clip), clip)
+    with pytest.raises(ValueError, match="mode pixel, rand or const"):
+        ClipRandomErasing(0.5, "noise")
+
+
+def test_random_erasing_in_the_dataset(digits_root):
+    samples, _ = data.read_ssv2(digits_root, "train")
+    plain = data.VideoClassification(samples, num_frames=2, size=32, train=True, seed=1)
+    never = data.VideoClassification(samples, num_frames=2, size=32, train=True, seed=1,
+                                     erase=ClipRandomErasing(0.0))
+    always = data.VideoClassification(samples, num_frames=2, size=32, train=True, seed=1,
+                                      erase=ClipRandomErasing(1.0, "const"))
+    for item in ((0, 5), (3, 5), (3, 6)):
+        clip = plain[item][0]
+        assert torch.equal(never[item][0], clip)  # probability 0: unchanged
+        erased = always[item][0]
+        top, left, h, w = erased_box(erased != clip)  # after normalisation: zeros where the box is
+        assert within_timm_bounds(h, w, 32) and (erased[:, :, top:top + h, left:left + w] == 0).all()
+        assert torch.equal(always[item][0], erased)  # a pure function of (index, seed)
+    assert erased_box(always[(3, 5)][0] != plain[(3, 5)][0]) != erased_box(always[(3, 6)][0] != plain[(3, 6)][0])
+    evaluation = data.VideoClassification(samples, num_frames=2, size=32, erase=ClipRandomErasing(1.0))
+    assert torch.equal(evaluation[0][0], data.VideoClassification(samples, num_frames=2, size=32)[0][0])  # train only
 
 
 def test_layer_decay_groups_follow_the_release():
@@ -176,30 +253,110 @@ def test_kill_mid_epoch_and_resume_matches_uninterrupted_run(digits_root, full_r
     assert lrs[0] == pytest.approx(1e-6 * 4 / 256) and lrs[6] == pytest.approx(1e-2 * 4 / 256) and lrs[-1] < lrs[6]
 
 
-def test_eval_matches_clip_by_clip_oracle(digits_root, full_run, capsys):
-    full_dir, full = full_run
-    stats = run(["eval", "--data", digits_root, "--checkpoint", str(full_dir / "best.pth"), "--workers", "0",
-                 "--no-progress", "--eval-batch-size", "3"])
-    ckpt = load_checkpoint(full_dir / "best.pth")
+def eval_oracle(model, samples, clips, crops):
+    """Top-1, top-5 and per-view loss: each view decoded, cropped and classified on its own, the
+    softmax scores averaged per video by hand."""
+    hits, hits5, losses = [], [], []
+    with torch.no_grad():
+        for sample in samples:
+            probs = []
+            for k in range(clips):
+                frames = data.read_frames(sample.path, 2, False, random.Random(0), clip=k, clips=clips)
+                for j in range(crops):
+                    logits = model(data.clip_transform(frames, 32, False, random.Random(0), crop=j, crops=crops)[None])
+                    probs.append(logits.softmax(1)[0])
+                    losses.append(torch.nn.functional.cross_entropy(logits, torch.tensor([sample.label])).item())
+            mean = sum(probs) / len(probs)
+            hits.append(int(mean.argmax().item() == sample.label))
+            hits5.append(int(sample.label in mean.topk(5).indices.tolist()))
+    return 100 * sum(hits) / len(samples), 100 * sum(hits5) / len(samples), sum(losses) / len(losses)
+
+
+@pytest.fixture(scope="module")
+def trained_model(full_run):
+    ckpt = load_checkpoint(full_run[0] / "best.pth")
     model = timm.create_model("videomamba_tiny_dart_patch16_224", num_frames=2, img_size=32, patch_size=8, depth=1,
                               embed_dim=16, d_state=4, num_tokens=6, num_classes=6)
     model.load_state_dict(ckpt["model"])
-    model.eval()
+    return model.eval(), ckpt
+
+
+EVAL = ["--workers", "0", "--no-progress", "--eval-batch-size", "3"]
+
+
+def test_eval_matches_clip_by_clip_oracle(digits_root, full_run, trained_model, capsys):
+    full_dir, full = full_run
+    model, ckpt = trained_model
+    stats = run(["eval", "--data", digits_root, "--checkpoint", str(full_dir / "best.pth"), *EVAL])
     samples, _ = data.read_ssv2(digits_root, "validation")
-    hits, losses = [], []
-    with torch.no_grad():
-        for sample in samples:  # decode, crop and classify one clip at a time
-            frames = data.read_frames(sample.path, 2, False, random.Random(0))
-            clip = data.clip_transform(frames, 32, False, random.Random(0))
-            logits = model(clip[None])
-            hits.append(int(logits.argmax().item() == sample.label))
-            losses.append(torch.nn.functional.cross_entropy(logits, torch.tensor([sample.label])).item())
-    assert stats["clips"] == 4 and stats["top1"] == pytest.approx(100 * sum(hits) / 4)
-    assert stats["loss"] == pytest.approx(sum(losses) / 4, rel=1e-5)
+    top1, top5, loss = eval_oracle(model, samples, 1, 1)
+    assert (stats["clips"], stats["videos"], stats["views"]) == (4, 4, [1, 1])
+    assert stats["top1"] == pytest.approx(top1) and stats["top5"] == pytest.approx(top5)
+    assert stats["loss"] == pytest.approx(loss, rel=1e-5)
     assert stats["top1"] == pytest.approx(ckpt["best_top1"]) and stats["tokens"] == 6
     assert stats["params"] == sum(p.numel() for p in model.parameters()) and stats["gflops"] > 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["top1"] == stats["top1"]
+
+
+class ViewLogits(torch.utils.data.Dataset):
+    """Stand-in for a multi-view dataset: item i is (the logits it should produce, label, video)."""
+
+    def __init__(self, items, labels):
+        self.items, self.samples = items, [data.VideoSample(str(v), label) for v, label in enumerate(labels)]
+
+    def __len__(self):
+        return len(self.items)
+
+    def __getitem__(self, i):
+        logits, video = self.items[i]
+        return torch.tensor(logits), self.samples[video].label, video
+
+
+class PassThrough(torch.nn.Module):
+    num_classes = 6
+
+    def forward(self, clips):
+        return clips
+
+
+def test_evaluate_averages_softmax_not_logits_nor_votes():
+    # video 0 (label 1): one confident view of class 0, two moderate views of class 1. Mean softmax
+    # picks class 1; mean logits (3.3, 2, 0, ...) and the first view would pick class 0.
+    strong, moderate = [10.0, 0, 0, 0, 0, 0], [0, 3.0, 0, 0, 0, 0]
+    # video 1 (label 4): two views; its label is 5th in the mean softmax, so a top-5 hit but no top-1
+    ranked = [[5.0, 4, 3, 2, 1, 0], [5.0, 4, 3, 2, 1, 0]]
+    items = [(strong, 0), (ranked[0], 1), (moderate, 0), (ranked[1], 1), (moderate, 0)]  # views interleaved
+    labels = [1, 4, 2]  # video 2 has no view (as a video replaced after a decoding failure): not counted
+    loader = torch.utils.data.DataLoader(ViewLogits(items, labels), batch_size=2)
+    stats = evaluate(PassThrough(), loader, TrainConfig(progress=False), DistContext(0, 1, 0, torch.device("cpu")))
+    assert (stats["clips"], stats["videos"]) == (5, 2)
+    assert stats["top1"] == pytest.approx(50) and stats["top5"] == pytest.approx(100)
+    logits = torch.tensor([x for x, _ in items])
+    targets = torch.tensor([labels[v] for _, v in items])
+    assert stats["loss"] == pytest.approx(torch.nn.functional.cross_entropy(logits, targets).item())
+
+
+def test_multi_view_eval_averages_softmax_per_video(digits_root, full_run, trained_model, capsys):
+    full_dir, _ = full_run
+    model, _ = trained_model
+    common = ["eval", "--data", digits_root, "--checkpoint", str(full_dir / "best.pth"), *EVAL]
+    stats = run([*common, "--test-clips", "2", "--test-crops", "3"])
+    samples, _ = data.read_ssv2(digits_root, "validation")
+    top1, top5, loss = eval_oracle(model, samples, 2, 3)
+    assert (stats["clips"], stats["videos"], stats["views"]) == (24, 4, [2, 3])
+    assert stats["top1"] == pytest.approx(top1) and stats["top5"] == pytest.approx(top5)
+    assert stats["loss"] == pytest.approx(loss, rel=1e-5)
+    # two processes: rank r gets views r, r + 2, ... so every video's views are split between the ranks
+    proc = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           "-m", "dart_video", *common, "--test-clips", "2", "--test-crops", "3"],
+                          capture_output=True, text=True, timeout=300, env=ENV)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    (line,) = [line for line in proc.stdout.splitlines() if line.startswith("{")]  # rank 0 prints once
+    both = json.loads(line)
+    assert (both["clips"], both["videos"]) == (24, 4)
+    assert both["top1"] == pytest.approx(top1) and both["top5"] == pytest.approx(top5)
+    assert both["loss"] == pytest.approx(loss, rel=1e-5)
 
 
 def torchrun(args):

@@ -1,4 +1,5 @@
-"""Clip augmentation: RandAugment with the same operations on every frame, CutMix/Mixup on clips.
+"""Clip augmentation: RandAugment with the same operations on every frame, random erasing of one
+box through all frames, CutMix/Mixup on clips.
 
 Per-frame independent RandAugment would make a clip flicker (each frame rotated, sheared or
 recoloured differently), inventing motion that is not in the video. :class:`ClipRandAugment`
@@ -15,6 +16,7 @@ from dart_core.training import capture_rng_state, restore_rng_state
 from PIL import Image
 from timm.data import Mixup
 from timm.data.auto_augment import rand_augment_transform
+from timm.data.random_erasing import RandomErasing
 
 from .data import IMAGENET_MEAN
 
@@ -41,6 +43,37 @@ class ClipRandAugment:
             restore_rng_state(start)
             out.append(np.asarray(self.transform(Image.fromarray(frame)), dtype=np.uint8))
         return np.stack(out)
+
+
+class ClipRandomErasing:
+    """timm's RandomErasing on a normalised clip, **one box through all frames**, as the VideoMamba
+    release erases SSv2 training clips (its ``RandomErasing(..., cube=True)`` on the (T, C, H, W)
+    clip): whether to erase, how many boxes (1 to ``count``) and where they go are drawn once per
+    clip; the box's area is U(0.02, 1/3) of the frame / count, its aspect ratio log-uniform in
+    [0.3, 1/0.3] (timm's defaults). The fill is drawn afresh for every frame: ``pixel`` per-pixel
+    standard normal noise, ``rand`` one standard normal colour per channel and frame, ``const``
+    zeros. Done by erasing the clip viewed as one (3·T, H, W) image with timm.
+
+    Differences from the release, both outside its SSv2 recipe (count 1): it passes ``num_splits =
+    count``, which leaves the first T // count frames unerased when count > 1 (here every frame
+    is erased); and it tries 100 box shapes before giving up, timm 10.
+
+    Args:
+        probability: chance of erasing a clip.
+        mode: ``pixel``, ``rand`` or ``const``.
+        count: most boxes per clip.
+    """
+
+    def __init__(self, probability: float, mode: str = "pixel", count: int = 1):
+        if not 0 <= probability <= 1 or mode not in ("pixel", "rand", "const") or count < 1:
+            raise ValueError(f"random erasing needs a probability in [0, 1], mode pixel, rand or const and count "
+                             f">= 1; got {probability}, {mode!r}, {count}")
+        self.erase = RandomErasing(probability, mode=mode, max_count=count, device="cpu")
+
+    def __call__(self, clip: torch.Tensor) -> torch.Tensor:
+        """(3, T, H, W) float → a new (3, T, H, W) tensor (the input is left as it is)."""
+        channels, frames, height, width = clip.shape
+        return self.erase(clip.reshape(channels * frames, height, width).clone()).view(clip.shape)
 
 
 class ClipMixup:

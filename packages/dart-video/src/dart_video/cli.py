@@ -9,7 +9,8 @@
   ``torchrun --nproc_per_node=8 -m dart_video train ...`` (DDP; gloo on the CPU).
 * ``dart-video eval --data ROOT --checkpoint CKPT``: top-1 / top-5 accuracy, parameters, FLOPs
   and clips/s as one JSON line (the model settings default to those stored in one of our
-  checkpoints).
+  checkpoints). Each video is scored on ``--test-clips`` temporal clips × ``--test-crops`` spatial
+  crops (2 × 3 in the SSv2 presets, as the VideoMamba release tests), softmax averaged per video.
 * ``dart-video visualize VIDEO --out PNG``: the tall-frame partition of one clip.
 
 Model weights load from local files only (``--init`` for VideoMamba-layout or image checkpoints,
@@ -141,11 +142,11 @@ def eval_command(args: argparse.Namespace) -> dict:
                 load_video_checkpoint(model, args.checkpoint)
             except (FileNotFoundError, ValueError, CheckpointMismatchError) as error:
                 raise CommandError(str(error)) from error
-        dataset = clip_dataset(samples, config, train=False)
+        dataset = clip_dataset(samples, config, train=False, views=(config.test_clips, config.test_crops))
         sampler = EpochSampler(len(dataset), ctx.rank, ctx.world_size, shuffle=False, pad=False, seed=config.seed)
         loader = make_loader(dataset, sampler, config.eval_batch_size or config.batch_size, config, ctx, False)
         result = {**evaluate(model, loader, config, ctx), **model_stats(model, config, ctx.device),
-                  "model": config.model, "checkpoint": args.checkpoint}
+                  "views": [config.test_clips, config.test_crops], "model": config.model, "checkpoint": args.checkpoint}
         if ctx.is_main:
             print(json.dumps(result), flush=True)
         return result

@@ -12,7 +12,10 @@ Layouts:
 
 Clips are T frames by segment sampling (the video is cut into T equal segments; training takes a
 random frame of each, evaluation the middle one), resized on the short side, cropped (random
-scale crop in training, centre crop in evaluation) and normalised. There is **no horizontal
+scale crop in training, centre crop in evaluation) and normalised. Multi-view testing (the
+VideoMamba release tests SSv2 with 2 clips × 3 crops) takes K temporal clips × J spatial crops of
+every video: see :func:`segment_indices` and :func:`clip_transform`; the views' softmax scores are
+averaged per video by :func:`dart_video.engine.evaluate`. There is **no horizontal
 flip**: SSv2 labels such as "left to right" depend on direction. A video that cannot be decoded
 is replaced by another one of the split (a warning names it); after ``max_retries`` failures in a
 row the dataset raises.
@@ -161,8 +164,9 @@ def _decode(path: str, readers: Sequence[Callable] | None, choose: Callable[[int
 
 
 def read_frames(path: str, num_frames: int, train: bool, rng: random.Random,
-                readers: Sequence[Callable] | None = None) -> np.ndarray:
-    """Segment-sample ``num_frames`` frames of a video.
+                readers: Sequence[Callable] | None = None, clip: int = 0, clips: int = 1) -> np.ndarray:
+    """Segment-sample ``num_frames`` frames of a video (evaluation: temporal clip ``clip`` of
+    ``clips``, see :func:`segment_indices`).
 
     Returns:
         (T, H, W, 3) uint8 RGB frames.
@@ -170,7 +174,7 @@ def read_frames(path: str, num_frames: int, train: bool, rng: random.Random,
     Raises:
         VideoDecodeError: no reader could decode the file.
     """
-    return _decode(path, readers, lambda total: segment_indices(total, num_frames, train, rng))
+    return _decode(path, readers, lambda total: segment_indices(total, num_frames, train, rng, clip, clips))
 
 
 class FrameCache:
@@ -188,16 +192,34 @@ class FrameCache:
         return len(frames) if count_only else frames[list(indices)]
 
 
-def segment_indices(total: int, num_frames: int, train: bool, rng: random.Random) -> list[int]:
+def segment_indices(total: int, num_frames: int, train: bool, rng: random.Random, clip: int = 0,
+                    clips: int = 1) -> list[int]:
     """TSN segment sampling: one frame from each of ``num_frames`` equal segments of ``total``
-    frames (random in training, the middle in evaluation); short videos repeat frames."""
-    length = total / num_frames
-    indices = []
-    for segment in range(num_frames):
-        start, end = segment * length, (segment + 1) * length
-        position = rng.uniform(start, end) if train else (start + end) / 2
-        indices.append(min(int(position), total - 1))
-    return indices
+    frames; short videos repeat frames.
+
+    Training takes a random frame of each segment. Evaluation takes temporal clip ``clip`` of
+    ``clips`` (K): the frame at fraction ``(1/2 + clip/K) mod 1`` of every segment, so clip 0 is
+    the segment middles (K = 1: the single-view frames) and the K clips are spaced 1/K of a segment
+    apart. For K = 2 that is the VideoMamba release's SSv2 test set of clips {segment middles,
+    segment starts}; for any even K it is the release's set ``{k/K}``. Positions are computed in
+    exact integer arithmetic (the floor of the exact position).
+    """
+    if not 0 <= clip < clips:
+        raise ValueError(f"temporal clip must be in [0, {clips}), got {clip}")
+    if train:
+        length = total / num_frames
+        return [min(int(rng.uniform(s * length, (s + 1) * length)), total - 1) for s in range(num_frames)]
+    offset = (clips + 2 * clip) % (2 * clips)  # in units of 1 / (2K) of a segment
+    return [total * (2 * clips * s + offset) // (2 * clips * num_frames) for s in range(num_frames)]
+
+
+def crop_start(room: int, crop: int, crops: int) -> int:
+    """Offset of spatial crop ``crop`` of ``crops`` (J) along a side with ``room`` spare pixels:
+    J = 1 the centre; otherwise J crops evenly spaced from one end to the other (J = 3: left /
+    top, centre, right / bottom), as the release's ``test_num_crop``."""
+    if not 0 <= crop < crops:
+        raise ValueError(f"spatial crop must be in [0, {crops}), got {crop}")
+    return room // 2 if crops == 1 else crop * room // (crops - 1)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -205,11 +227,13 @@ def segment_indices(total: int, num_frames: int, train: bool, rng: random.Random
 
 
 def clip_transform(frames: np.ndarray, size: int, train: bool, rng: random.Random,
-                   scale: tuple[float, float] = (0.66, 1.0)) -> torch.Tensor:
+                   scale: tuple[float, float] = (0.66, 1.0), crop: int = 0, crops: int = 1) -> torch.Tensor:
     """(T, H, W, 3) uint8 → (3, T, size, size) float normalised with ImageNet statistics.
 
     Resize the short side to ``size`` (evaluation) or ``size / scale`` (training, a random scale
-    in ``scale``), then centre / random crop ``size × size``. Never flips.
+    in ``scale``), then crop ``size × size``: randomly in training, in evaluation spatial crop
+    ``crop`` of ``crops`` (:func:`crop_start`; the short side has no room, so the crops move along
+    the long side). Never flips.
     """
     clip = torch.from_numpy(np.ascontiguousarray(frames)).permute(0, 3, 1, 2).float() / 255  # (T, 3, H, W)
     height, width = clip.shape[-2:]
@@ -218,15 +242,15 @@ def clip_transform(frames: np.ndarray, size: int, train: bool, rng: random.Rando
     new_size = (max(size, round(height * factor)), max(size, round(width * factor)))
     clip = F.interpolate(clip, size=new_size, mode="bilinear", align_corners=False, antialias=True)
     top_range, left_range = new_size[0] - size, new_size[1] - size
-    top = rng.randint(0, top_range) if train else top_range // 2
-    left = rng.randint(0, left_range) if train else left_range // 2
+    top = rng.randint(0, top_range) if train else crop_start(top_range, crop, crops)
+    left = rng.randint(0, left_range) if train else crop_start(left_range, crop, crops)
     clip = clip[:, :, top:top + size, left:left + size]
     mean, std = torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), torch.tensor(IMAGENET_STD).view(1, 3, 1, 1)
     return ((clip - mean) / std).transpose(0, 1).contiguous()
 
 
 class VideoClassification(Dataset):
-    """Clips and labels.
+    """Clips, labels and video indices.
 
     Args:
         samples: the videos and their labels.
@@ -239,52 +263,70 @@ class VideoClassification(Dataset):
         augment: applied to the (T, H, W, 3) uint8 frames before cropping in training, e.g.
             :class:`dart_video.augment.ClipRandAugment` (it may draw from the global RNGs: they
             are seeded from the item's own generator).
+        erase: applied to the normalised (3, T, size, size) clip in training, e.g.
+            :class:`dart_video.augment.ClipRandomErasing` (global RNGs seeded the same way).
         repeats: the dataset lists every video this many times (repeated sampling: several
             differently augmented clips of a video per epoch).
         scale: training crop scale range (see :func:`clip_transform`).
         cache: keep decoded videos in memory (:class:`FrameCache`).
+        views: (K, J) test views per video in evaluation: K temporal clips
+            (:func:`segment_indices`) × J spatial crops (:func:`clip_transform`); (1, 1) is the
+            single centre view.
 
-    Items are ``((3, T, size, size) float clip, label)``. An item may also be asked for as
-    ``dataset[(index, seed)]`` (what :class:`dart_core.training.EpochSampler` yields): then the
-    clip is a pure function of (index, seed), whatever the epoch or the process.
+    The dataset lists ``len(samples) · repeats · K · J`` items; item i is view ``i mod K·J``
+    (clip ``view // J``, crop ``view mod J``) of video ``i // (K·J) mod len(samples)``. Items are
+    ``((3, T, size, size) float clip, label, video)`` where ``video`` indexes ``samples`` (the
+    video actually decoded: a replacement's index when the video could not be). An item may also
+    be asked for as ``dataset[(index, seed)]`` (what :class:`dart_core.training.EpochSampler`
+    yields): then the clip is a pure function of (index, seed), whatever the epoch or the process.
     """
 
     def __init__(self, samples: Sequence[VideoSample], num_frames: int = 8, size: int = 224, train: bool = False,
                  seed: int = 0, max_retries: int = 10, readers: Sequence[Callable] | None = None,
-                 augment: Callable[[np.ndarray], np.ndarray] | None = None, repeats: int = 1,
-                 scale: tuple[float, float] = (0.66, 1.0), cache: bool = False):
+                 augment: Callable[[np.ndarray], np.ndarray] | None = None,
+                 erase: Callable[[torch.Tensor], torch.Tensor] | None = None, repeats: int = 1,
+                 scale: tuple[float, float] = (0.66, 1.0), cache: bool = False, views: tuple[int, int] = (1, 1)):
         if not samples:
             raise ValueError("the dataset has no samples")
         if repeats < 1:
             raise ValueError(f"repeats must be >= 1, got {repeats}")
+        if min(views) < 1 or (train and tuple(views) != (1, 1)):
+            raise ValueError(f"views must be (clips >= 1, crops >= 1), and (1, 1) in training; got {views}")
         self.samples, self.num_frames, self.size, self.train = list(samples), num_frames, size, train
         self.seed, self.max_retries, self.epoch = seed, max_retries, 0
-        self.augment, self.repeats, self.scale = augment, repeats, scale
+        self.augment, self.erase, self.repeats, self.scale = augment, erase, repeats, scale
+        self.clips, self.crops = views
         readers = list(readers) if readers is not None else available_readers()
         self.readers = [FrameCache(readers)] if cache else readers
         self.replaced: list[str] = []
 
     def __len__(self) -> int:
-        return len(self.samples) * self.repeats
+        return len(self.samples) * self.repeats * self.clips * self.crops
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
-    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int]:
+    def __getitem__(self, item: int | tuple[int, int]) -> tuple[torch.Tensor, int, int]:
         if isinstance(item, tuple):
             index, seed = item
             rng = random.Random(seed)
         else:
             index, rng = item, random.Random(f"{self.seed}/{self.epoch}/{item}")
+        index, view = divmod(index, self.clips * self.crops)
+        clip, crop = divmod(view, self.crops)
         index %= len(self.samples)
         for _ in range(self.max_retries + 1):
             sample = self.samples[index]
             try:
-                frames = read_frames(sample.path, self.num_frames, self.train, rng, self.readers)
+                frames = read_frames(sample.path, self.num_frames, self.train, rng, self.readers, clip, self.clips)
                 if self.train and self.augment is not None:
                     with seeded_rng(rng.getrandbits(32)):
                         frames = self.augment(frames)
-                return clip_transform(frames, self.size, self.train, rng, self.scale), sample.label
+                out = clip_transform(frames, self.size, self.train, rng, self.scale, crop, self.crops)
+                if self.train and self.erase is not None:
+                    with seeded_rng(rng.getrandbits(32)):
+                        out = self.erase(out)
+                return out, sample.label, index
             except VideoDecodeError as error:
                 warnings.warn(f"{error}; replacing it with another video", RuntimeWarning, stacklevel=2)
                 self.replaced.append(sample.path)

@@ -43,7 +43,7 @@ from torch.utils.data import DataLoader
 from tqdm import tqdm
 
 from . import data
-from .augment import ClipMixup, ClipRandAugment
+from .augment import ClipMixup, ClipRandAugment, ClipRandomErasing
 from .checkpoint import load_video_checkpoint
 from .models import VideoMamba
 from .recipes import TrainConfig
@@ -80,11 +80,16 @@ def build_model(config: TrainConfig, num_classes: int) -> VideoMamba:
     return model
 
 
-def clip_dataset(samples: Sequence[data.VideoSample], config: TrainConfig, train: bool) -> data.VideoClassification:
+def clip_dataset(samples: Sequence[data.VideoSample], config: TrainConfig, train: bool,
+                 views: tuple[int, int] = (1, 1)) -> data.VideoClassification:
+    """Training clips (RandAugment, random erasing, ``num_sample`` clips per video) or evaluation
+    clips (``views`` = (temporal clips, spatial crops) per video)."""
     augment = ClipRandAugment(config.aa, config.img_size) if train and config.aa not in ("", "none") else None
+    erase = ClipRandomErasing(config.reprob, config.remode, config.recount) if train and config.reprob > 0 else None
     return data.VideoClassification(
-        samples, config.num_frames, config.img_size, train=train, seed=config.seed, augment=augment,
-        repeats=config.num_sample if train else 1, scale=(config.min_crop_scale, 1.0), cache=config.cache_videos)
+        samples, config.num_frames, config.img_size, train=train, seed=config.seed, augment=augment, erase=erase,
+        repeats=config.num_sample if train else 1, scale=(config.min_crop_scale, 1.0), cache=config.cache_videos,
+        views=views)
 
 
 def make_loader(dataset, sampler: EpochSampler, batch_size: int, config: TrainConfig, ctx: DistContext,
@@ -111,11 +116,22 @@ def _sync(device: torch.device) -> None:
 @torch.no_grad()
 def evaluate(model: torch.nn.Module, loader: DataLoader, config: TrainConfig, ctx: DistContext,
              desc: str = "eval") -> dict:
-    """Top-1 / top-5 (%), mean cross-entropy, clip count and clips per second of the model's
-    forward passes, over every rank's share (each clip counted once)."""
+    """Per-video top-1 / top-5 (%) of the softmax scores averaged over each video's views (the
+    release's multi-view test; one view per video: the plain accuracy), the mean per-view
+    cross-entropy, the counts of views (``clips``) and videos scored, and views per second of the
+    model's forward passes.
+
+    ``loader`` yields ``(clips, labels, videos)`` batches of a :class:`data.VideoClassification`
+    (``videos`` index its samples). Under DDP the views of one video may land on different ranks:
+    every rank adds its softmax scores into a (videos, classes) sum, and the sums are all-reduced,
+    so every view and every video counts once.
+    """
     model.eval()
-    totals = torch.zeros(5, dtype=torch.float64)  # top-1 hits, top-5 hits, clips, loss sum, seconds
-    for clips, labels in tqdm(loader, desc=desc, leave=False, disable=not (config.progress and ctx.is_main)):
+    samples = loader.dataset.samples
+    scores = torch.zeros(len(samples), model.num_classes, dtype=torch.float64)  # summed softmax per video
+    views = torch.zeros(len(samples), dtype=torch.float64)  # views seen per video
+    totals = torch.zeros(3, dtype=torch.float64)  # loss sum, views, seconds
+    for clips, labels, videos in tqdm(loader, desc=desc, leave=False, disable=not (config.progress and ctx.is_main)):
         clips, labels = clips.to(ctx.device, non_blocking=True), labels.to(ctx.device, non_blocking=True)
         _sync(ctx.device)
         start = time.perf_counter()
@@ -123,15 +139,22 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, config: TrainConfig, ct
             logits = model(clips)
         _sync(ctx.device)
         seconds = time.perf_counter() - start
-        top = logits.topk(min(5, logits.shape[1]), dim=1).indices
-        totals += torch.tensor([(top[:, 0] == labels).sum().item(), (top == labels[:, None]).any(1).sum().item(),
-                                len(labels), F.cross_entropy(logits.float(), labels, reduction="sum").item(), seconds],
+        logits = logits.float()
+        scores.index_add_(0, videos, logits.softmax(1).double().cpu())
+        views.index_add_(0, videos, torch.ones(len(videos), dtype=torch.float64))
+        totals += torch.tensor([F.cross_entropy(logits, labels, reduction="sum").item(), len(labels), seconds],
                                dtype=torch.float64)
-    rate = totals[2] / totals[4] if totals[4] > 0 else totals.new_zeros(())
-    summed = all_reduce_sum(torch.cat([totals[:4], rate.view(1)]).to(ctx.device)).cpu().tolist()
-    count = max(summed[2], 1.0)
-    return {"top1": 100 * summed[0] / count, "top5": 100 * summed[1] / count, "loss": summed[3] / count,
-            "clips": int(summed[2]), "clips_per_s": summed[4]}
+    rate = totals[1] / totals[2] if totals[2] > 0 else totals.new_zeros(())
+    summed = all_reduce_sum(torch.stack([totals[0], totals[1], rate]).to(ctx.device)).cpu().tolist()
+    scores, views = (all_reduce_sum(t.to(ctx.device)).cpu() for t in (scores, views))
+    seen = views > 0
+    labels = torch.tensor([s.label for s in samples])[seen]
+    top = (scores[seen] / views[seen, None]).topk(min(5, scores.shape[1]), dim=1).indices
+    count = int(seen.sum())
+    return {"top1": 100 * (top[:, 0] == labels).sum().item() / max(count, 1),
+            "top5": 100 * (top == labels[:, None]).any(1).sum().item() / max(count, 1),
+            "loss": summed[0] / max(summed[1], 1.0), "clips": int(summed[1]), "videos": count,
+            "clips_per_s": summed[2]}
 
 
 # ---------------------------------------------------------------- training state
@@ -222,7 +245,7 @@ class Trainer:
         self.net.train()
         total = 0.0
         for micro in range(config.accum_steps):
-            clips, labels = next(batches)
+            clips, labels, _ = next(batches)
             clips, labels = clips.to(device, non_blocking=True), labels.to(device, non_blocking=True)
             if self.mixup is not None:
                 clips, labels = self.mixup(clips, labels)

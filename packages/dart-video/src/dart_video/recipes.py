@@ -9,11 +9,14 @@ The presets follow the VideoMamba release's Something-Something V2 scripts
 its ``run_class_finetuning.py``): AdamW (β 0.9, 0.999), learning rate 4e-4 per 256 clips, cosine
 schedule to 1e-6 (per 256 clips) after 5 warm-up epochs from 1e-6, layer-wise decay 0.75, two
 clips per video per epoch (``num_sample``), 8 GPUs × 64 videos (128 clips), Mixup 0.8 / CutMix 1.0
-with label smoothing 0.1, RandAugment, bf16 autocast, no horizontal flip. Tiny: 35 epochs, drop path
+with label smoothing 0.1, RandAugment, random erasing (probability 0.25, per-pixel noise, one box
+through all frames), bf16 autocast, no horizontal flip. Tiny: 35 epochs, drop path
 0.1, weight decay 0.1, ``rand-m5-n2-mstd0.25-inc1``; Small: 30 epochs, drop path 0.35, weight
 decay 0.05, ``rand-m7-n4-mstd0.5-inc1``. The release starts from its ImageNet-1K VideoMamba
-weights: pass them with ``--init PATH --init-image``. It tests with 2 segments × 3 crops; our
-evaluation is one centre view.
+weights: pass them with ``--init PATH --init-image``. It validates after every epoch on one centre
+view per video and tests the final model with 2 temporal clips × 3 spatial crops per video, softmax
+scores averaged per video: so do ``dart-video train`` (one view) and ``dart-video eval``
+(``--test-clips`` × ``--test-crops``, 2 × 3 in the presets).
 """
 
 from __future__ import annotations
@@ -70,6 +73,11 @@ class TrainConfig:
     mixup_prob: float = _opt(1.0, "probability of mixup or cutmix per batch")
     mixup_switch_prob: float = _opt(0.5, "probability of cutmix instead of mixup")
     smoothing: float = _opt(0.1, "label smoothing")
+    reprob: float = _opt(0.0, "random erasing probability per training clip (one box through all frames; 0: off)")
+    remode: str = _opt("pixel", "random erasing fill: pixel (per-pixel noise), rand (a colour) or const (zeros)")
+    recount: int = _opt(1, "random erasing: most boxes per clip")
+    test_clips: int = _opt(1, "dart-video eval: temporal clips per video (softmax averaged per video)")
+    test_crops: int = _opt(1, "dart-video eval: spatial crops per clip along the long side (1: centre)")
     # optimisation
     epochs: int = _opt(35, "training epochs")
     blr: float = _opt(4e-4, "learning rate per 256 clips of global batch")
@@ -100,7 +108,7 @@ class TrainConfig:
 
     def validate(self) -> None:
         for name in ("batch_size", "accum_steps", "num_sample", "epochs", "ckpt_interval", "log_interval",
-                     "num_frames", "img_size"):
+                     "num_frames", "img_size", "recount", "test_clips", "test_crops"):
             if getattr(self, name) < 1:
                 raise ConfigError(f"--{name.replace('_', '-')} must be >= 1, got {getattr(self, name)}")
         if self.format not in ("ssv2", "list"):
@@ -109,6 +117,10 @@ class TrainConfig:
             raise ConfigError(f"--amp-dtype must be bfloat16, float16 or none, got {self.amp_dtype!r}")
         if not 0 < self.min_crop_scale <= 1:
             raise ConfigError(f"--min-crop-scale must be in (0, 1], got {self.min_crop_scale}")
+        if not 0 <= self.reprob <= 1:
+            raise ConfigError(f"--reprob must be in [0, 1], got {self.reprob}")
+        if self.remode not in ("pixel", "rand", "const"):
+            raise ConfigError(f"--remode must be pixel, rand or const, got {self.remode!r}")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -122,6 +134,7 @@ def _recipe(size: str, frames: int, dart: bool) -> dict[str, Any]:
         "drop_path": 0.1 if tiny else 0.35, "weight_decay": 0.1 if tiny else 0.05, "layer_decay": 0.75,
         "aa": "rand-m5-n2-mstd0.25-inc1" if tiny else "rand-m7-n4-mstd0.5-inc1",
         "mixup": 0.8, "cutmix": 1.0, "smoothing": 0.1, "amp_dtype": "bfloat16",
+        "reprob": 0.25, "remode": "pixel", "recount": 1, "test_clips": 2, "test_crops": 3,
     }
 
 
