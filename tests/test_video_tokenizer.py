@@ -1,5 +1,7 @@
 """Tall-frame video tokenizer and temporal-difference scorer."""
 
+import math
+
 import pytest
 import reference_dart as ref
 import torch
@@ -14,6 +16,7 @@ from dart_video import (
     video_num_rows,
     video_pos_grid,
 )
+from dart_video.scorer import TemporalGateHead
 from fixed_scores import GivenScores
 
 
@@ -110,7 +113,8 @@ def test_scorer_matches_written_out_head():
         feats = [scorer.backbone(video[b:b + 1, :, t])[0] for t in range(3)]  # (F, 4, 4) each
         clip = torch.stack(feats).mean(dim=(0, 2, 3))
         for t in range(3):
-            motion = feats[t] - feats[t - 1] if t else torch.zeros_like(feats[t])
+            changes = [(feats[u] - feats[v]).abs() for u, v in ((t, t - 1), (t + 1, t)) if 0 <= v and u < 3]
+            motion = sum(changes) / len(changes)  # frames 0 and 2 have one neighbour, frame 1 two
             joint = torch.cat([feats[t], motion])
             gate = torch.sigmoid(mlp(torch.cat([joint.mean(dim=(1, 2)), clip])))
             raw = (joint * gate[:, None, None]).sum(0)
@@ -126,10 +130,48 @@ def test_static_clip_scores_every_frame_alike_and_clips_are_independent():
     frame = torch.rand(1, 3, 1, 16, 16)
     static = scorer(frames_to_tall(frame.expand(-1, -1, 4, -1, -1))).view(1, 4, 2, 2)
     for t in range(1, 4):
-        torch.testing.assert_close(static[:, t], static[:, 1])
+        torch.testing.assert_close(static[:, t], static[:, 0])
     moving = torch.rand(1, 3, 4, 16, 16)
     pair = scorer(frames_to_tall(torch.cat([moving, frame.expand(-1, -1, 4, -1, -1)])))
     torch.testing.assert_close(pair[1:], static.view(1, 8, 2))  # per-clip standardisation
+
+
+def test_motion_channels_are_mean_neighbour_change_magnitudes():
+    features = torch.randn(2, 4, 3, 5, 5, dtype=torch.float64)
+    motion = TemporalGateHead.motion(features)
+    step = [(features[:, t + 1] - features[:, t]).abs() for t in range(3)]  # change t -> t + 1
+    for t, want in enumerate([step[0], (step[0] + step[1]) / 2, (step[1] + step[2]) / 2, step[2]]):
+        torch.testing.assert_close(motion[:, t], want)
+    assert TemporalGateHead.motion(features[:, :1]).eq(0).all()  # one frame: nothing moves
+    assert TemporalGateHead.motion(features[:, :1].expand(-1, 4, -1, -1, -1)).eq(0).all()  # a still clip
+
+
+def test_appearance_gate_shifts_only_the_appearance_half_of_the_gate_logits():
+    features = torch.rand(2, 3, 5, 4, 4)
+    joint = torch.cat([features, TemporalGateHead.motion(features)], dim=2).mean(dim=(3, 4))
+    clip = features.mean(dim=(1, 3, 4))[:, None].expand(-1, 3, -1)
+    logits = {}
+    for gate in (0.5, 0.05):
+        torch.manual_seed(0)
+        logits[gate] = TemporalGateHead(5, 7, appearance_gate=gate).mlp(torch.cat([joint, clip], dim=-1))
+    shift = logits[0.05] - logits[0.5]
+    torch.testing.assert_close(shift[..., :5], torch.full_like(shift[..., :5], math.log(0.05 / 0.95)))
+    torch.testing.assert_close(shift[..., 5:], torch.zeros_like(shift[..., 5:]))
+    with pytest.raises(ValueError, match="appearance_gate"):
+        TemporalGateHead(5, appearance_gate=1.0)
+
+
+def test_a_motion_scorer_puts_a_moving_square_above_a_still_one():
+    """Backbone = the frame itself (one channel per colour): with the appearance gate near zero
+    the scores see only change, so the moving square outranks the still one in every frame."""
+    video = torch.zeros(1, 3, 4, 32, 32)
+    video[..., 24:32, 0:8] = 1.0  # still, bottom left
+    for t in range(4):
+        video[:, :, t, 0:8, 8 * t:8 * t + 8] = 1.0  # moving along the top
+    scorer = TemporalDifferenceScorer(nn.AvgPool2d(8), 3, 4, grid_size=(4, 4), appearance_gate=1e-4)
+    scores = scorer(frames_to_tall(video)).view(4, 4, 4)
+    for t in range(4):
+        assert scores[t, 0, t] > 2 * scores[t, 3, 0]
 
 
 def test_scorer_trains_only_its_head():

