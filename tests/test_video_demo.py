@@ -115,6 +115,36 @@ def test_frame_contrast_is_zero_on_a_plain_frame_and_the_scorer_contrast_scales_
         torch.testing.assert_close(three(tall), torch.sigmoid(6 * z))
 
 
+def normalised(clip: np.ndarray) -> torch.Tensor:
+    """(T, S, S) grey clip in [0, 1] → (1, 3, T·S, S) ImageNet-normalised tall image."""
+    frames = torch.tensor(clip)[None].expand(3, -1, -1, -1)
+    mean, std = (torch.tensor(v).view(3, 1, 1, 1) for v in (data.IMAGENET_MEAN, data.IMAGENET_STD))
+    return ((frames - mean) / std).reshape(1, 3, -1, clip.shape[-1])
+
+
+@pytest.mark.parametrize("appearance_gate, lead", [(models.APPEARANCE_GATE, (0.1, 1.0)), (0.5, (-0.05, 0.05))])
+def test_demo_scorer_starts_from_motion(appearance_gate, lead):
+    """At initialisation the demo's scorer scores the moving digit's cells above the static
+    fragments' (with the appearance gate at ½ it cannot tell them apart): cells are found by
+    rendering each clip again with blank fragments (the same random draws)."""
+    pool = digit_pools()[0]
+    torch.manual_seed(0)
+    scorer = models.temporal_scorer(4, 64, 8, contrast=6.0, appearance_gate=appearance_gate)
+    config = MovingDigitsConfig(frames=4)
+
+    def ink_cells(clip):  # (T, 64, 64) → (T, 8, 8): an 8x8 cell holds ink
+        return torch.tensor(clip - config.background).view(4, 8, 8, 8, 8).amax(dim=(2, 4)) > 0.2
+
+    for label in (0, 1, 2, 3):
+        for k in range(3):
+            clip = render_clip(pool[k], label, pool, config, np.random.default_rng(k))
+            digit = ink_cells(render_clip(pool[k], label, np.zeros_like(pool), config, np.random.default_rng(k)))
+            fragments = ink_cells(clip) & ~digit
+            with torch.no_grad():
+                scores = scorer(normalised(clip)).view(4, 8, 8)
+            assert lead[0] < scores[digit].mean() - scores[fragments].mean() < lead[1]
+
+
 def test_demo_end_to_end_tiny(tmp_path, capsys):
     summary = main(["--out", str(tmp_path), "--train-size", "24", "--val-size", "12", "--frame", "32",
                     "--video-frames", "4", "--num-frames", "2", "--tokens-per-frame", "4", "--embed-dim", "16",
