@@ -117,6 +117,12 @@ def test_default_dart_model_uses_the_temporal_scorer():
     model = timm.create_model("videomamba_tiny_dart_patch16_224", **{**TINY, "img_size": 64})
     assert type(model.patch_embed.scorer).__name__ == "TemporalDifferenceScorer"
     assert model(torch.rand(1, 3, 3, 64, 64)).shape == (1, 5)
+    assert model.patch_embed.scorer.contrast == 1.0  # published activation by default
+    tuned = timm.create_model("videomamba_tiny_dart_patch16_224", scorer_contrast=6.0, scorer_appearance_gate=0.05,
+                              **{**TINY, "img_size": 64})
+    head = tuned.patch_embed.scorer.head.mlp.fc2.bias  # appearance half first, started near sigmoid⁻¹(0.05)
+    channels = head.shape[0] // 2
+    assert tuned.patch_embed.scorer.contrast == 6.0 and head[:channels].mean() < head[channels:].mean() - 2
 
 
 def test_video_checkpoints_load_through_timm_and_mismatches_are_listed(tmp_path):

@@ -163,15 +163,18 @@ class VideoMamba(MambaEncoder):
 
 def video_dart_layer(num_tokens: int | None, num_rows: int | None, scorer: nn.Module | None,
                      scorer_backbone: str, scorer_weights, scorer_batch_stats: bool, scorer_stage: int | None = None,
-                     scorer_trainable: bool = False) -> Callable[..., VideoDART]:
+                     scorer_trainable: bool = False, scorer_contrast: float = 1.0,
+                     scorer_appearance_gate: float = 0.5) -> Callable[..., VideoDART]:
     """An ``embed_layer`` factory for :class:`VideoMamba` that builds :class:`VideoDART` and its scorer
-    (``scorer_stage``: backbone slice end / feature index; ``scorer_trainable``: train the backbone too)."""
+    (``scorer_stage``: backbone slice end / feature index; ``scorer_trainable``: train the backbone too;
+    ``scorer_contrast``, ``scorer_appearance_gate``: see :class:`dart_video.scorer.TemporalDifferenceScorer`)."""
 
     def build(num_frames: int, img_size: int, patch_size: int, in_chans: int, embed_dim: int) -> VideoDART:
         grid = (img_size // patch_size, img_size // patch_size)
         net = scorer or build_temporal_scorer(num_frames, grid, scorer_backbone, weights=scorer_weights,
                                               stage=scorer_stage, batch_stats=scorer_batch_stats,
-                                              freeze_backbone=not scorer_trainable)
+                                              freeze_backbone=not scorer_trainable, contrast=scorer_contrast,
+                                              appearance_gate=scorer_appearance_gate)
         return VideoDART(num_frames, img_size=img_size, patch_size=patch_size, in_chans=in_chans,
                          embed_dim=embed_dim, num_tokens=num_tokens, num_rows=num_rows, scorer=net)
 
@@ -190,6 +193,8 @@ def create_videomamba(variant: str, size: str, dart: bool, pretrained: bool = Fa
             scorer_batch_stats=kwargs.pop("scorer_batch_stats", False),
             scorer_stage=kwargs.pop("scorer_stage", None),
             scorer_trainable=kwargs.pop("scorer_trainable", False),
+            scorer_contrast=kwargs.pop("scorer_contrast", 1.0),
+            scorer_appearance_gate=kwargs.pop("scorer_appearance_gate", 0.5),
         )
     overlay = kwargs.get("pretrained_cfg_overlay")
     if overlay and overlay.get("file"):  # timm drops custom_load for overlay files unless set explicitly

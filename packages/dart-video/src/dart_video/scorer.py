@@ -117,10 +117,12 @@ def build_temporal_scorer(
     hidden_dim: int = 96,
     batch_stats: bool = False,
     freeze_backbone: bool = True,
+    contrast: float = 1.0,
+    appearance_gate: float = 0.5,
 ) -> TemporalDifferenceScorer:
     """A :class:`TemporalDifferenceScorer` on a backbone built like :func:`dart_core.build_scorer`
     (torchvision presets sliced like the paper, or any timm name; weights from a local file)."""
     net = build_scorer(backbone, "v1", grid_size=grid_size, weights=weights, stage=stage,
                        freeze_backbone=freeze_backbone).backbone
     return TemporalDifferenceScorer(net, feature_channels(net), num_frames, grid_size, hidden_dim, batch_stats,
-                                    freeze_backbone)
+                                    freeze_backbone, contrast, appearance_gate)
