@@ -29,6 +29,8 @@ import torch.nn.functional as F
 import torchvision
 from timm.layers import Mlp
 
+from .fold import FoldedCopy
+
 ScoreVersion = Literal["v1", "v2"]
 
 
@@ -155,6 +157,7 @@ class Scorer(nn.Module):
         self.batch_stats = batch_stats
         self.freeze_backbone = freeze_backbone
         self.contrast = contrast
+        self._folded_backbone = FoldedCopy()  # run-time copy of a frozen backbone, BatchNorms folded
         if freeze_backbone:
             backbone.requires_grad_(False)
             backbone.eval()
@@ -175,13 +178,20 @@ class Scorer(nn.Module):
         (~50 MiB per 448 image for MobileNetV3-Small) in reused memory and cache instead of
         fresh pages for the whole batch (peak memory 245 → 81 MiB, scorer forward 3.7x faster at
         batch 32 on the development CPU, notes/bench_tokenizer.md).
+
+        It also runs a derived copy of the backbone with every eval-mode BatchNorm folded into its
+        convolution (:mod:`dart_core.fold`; same outputs up to float rounding): the MobileNetV3-Small
+        scorer's forward at batch 32 / 448 takes 0.67x the CPU time (491 → 319 ms on one thread)
+        and 61 instead of 81 MiB peak. The copy is no part of the state dict and is rebuilt
+        whenever the backbone's tensors change (loading weights, ``.to()``).
         """
         if not self.freeze_backbone:
             return _last_feature(self.backbone(images))
+        backbone = self._folded_backbone.get(self.backbone)
         chunk = self.frozen_cpu_chunk if images.device.type == "cpu" else images.shape[0]
         with torch.no_grad():
             parts = [
-                _last_feature(self.backbone(part.contiguous(memory_format=torch.channels_last)))
+                _last_feature(backbone(part.contiguous(memory_format=torch.channels_last)))
                 for part in images.split(max(chunk, 1))
             ]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
