@@ -2,21 +2,19 @@
 
 The oracle is ``F.grid_sample`` twice (border padding across lines, zero padding along the
 strip), as in the published code; it shares no code with ``dart_core.kernels``. The Triton
-kernels run under ``TRITON_INTERPRET=1``, set here before they are first imported.
+kernels run under ``TRITON_INTERPRET=1``, which conftest.py sets before any test module imports
+them (Triton reads it when a kernel is decorated, so it must precede every import of dart_core).
 """
 
-import os
 
-os.environ.setdefault("TRITON_INTERPRET", "1")
-
-import pytest  # noqa: E402
-import reference_dart as ref  # noqa: E402
-import torch  # noqa: E402
-import torch.nn.functional as F  # noqa: E402
-from dart_core import partition, resample_pos_embed, sample_patches  # noqa: E402
-from dart_core.kernels import sample_strip_patches, use_triton  # noqa: E402
-from hypothesis import given, settings  # noqa: E402
-from hypothesis import strategies as st  # noqa: E402
+import pytest
+import reference_dart as ref
+import torch
+import torch.nn.functional as F
+from dart_core import partition, resample_pos_embed, sample_patches
+from dart_core.kernels import sample_strip_patches, use_triton
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 BACKENDS = ["torch", "triton"]
 
