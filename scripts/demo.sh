@@ -1,15 +1,14 @@
 #!/usr/bin/env bash
 # The README's main job: set up (if needed), then uniform tokens vs DART on moving digits (a tiny
 # VideoMamba, CPU). `bash scripts/demo.sh image [ARGS]` runs the image demo (fixed grid vs DART on
-# cluttered digits) instead; other arguments go to the demo.
+# cluttered digits) instead (`video` names the default explicitly); other arguments go to the demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/setup.sh
 . .venv/bin/activate
 export TIMM_FUSED_ATTN=0
-if [[ "${1:-}" == "image" ]]; then
-    shift
-    python -m dart_core.demo "$@"
-else
-    python -m dart_video.demo "$@"
-fi
+case "${1:-}" in
+    image) shift; python -m dart_core.demo "$@" ;;
+    video) shift; python -m dart_video.demo "$@" ;;
+    *) python -m dart_video.demo "$@" ;;
+esac

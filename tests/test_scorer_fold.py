@@ -186,6 +186,46 @@ def test_hooked_and_training_mode_pairs_are_not_folded():
     assert count_batchnorms(fold_batchnorm(seq)) == 2
 
 
+def test_hooks_on_a_scorer_backbone_see_its_own_modules_whenever_added_or_removed():
+    torch.manual_seed(0)
+    scorer = build_scorer("mobilenet_v3_small", grid_size=(4, 4), stage=4).double()
+    randomise_batchnorms(scorer.backbone, seed=6)
+    x = torch.randn(2, 3, X_SIZE, X_SIZE, dtype=torch.float64)
+    scorer.features(x)  # folded and cached before any hook exists
+    seen = []
+    target = scorer.backbone[1]
+    handle = target.register_forward_hook(lambda module, args, out: seen.append(module))
+    features = scorer.features(x)
+    assert seen and all(module is target for module in seen)  # a hook added later fires, on the real module
+    assert_close_rel(features, reference_features(scorer, x))
+    handle.remove()
+    count = len(seen)
+    scorer.features(x)
+    assert len(seen) == count  # and a removed one stays removed
+
+
+def test_the_fold_follows_train_and_eval_mode():
+    """A frozen backbone switched to training mode by hand (BatchNorms on batch statistics) must
+    not keep running the eval-mode fold."""
+    torch.manual_seed(0)
+    scorer = build_scorer("mobilenet_v3_small", grid_size=(4, 4), stage=4).double()
+    randomise_batchnorms(scorer.backbone, seed=7)
+    x = torch.randn(4, 3, X_SIZE, X_SIZE, dtype=torch.float64)
+    scorer.features(x)
+    scorer.frozen_cpu_chunk = 4  # one chunk: batch statistics over the same images as the reference
+    scorer.backbone.train()  # only the mode changes: no tensor is touched before features() runs
+    with torch.no_grad():  # a copy, so that its batch-statistics update leaves the original alone
+        expected = copy.deepcopy(scorer.backbone)(x.contiguous(memory_format=torch.channels_last))
+    assert_close_rel(scorer.features(x), expected)
+
+
+def test_weight_transforming_convolutions_are_not_folded():
+    from timm.layers import StdConv2d
+
+    seq = nn.Sequential(StdConv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    assert count_batchnorms(fold_batchnorm(seq)) == 1  # its forward standardises the weight: no fold
+
+
 def test_trainable_backbones_are_not_folded_and_get_gradients():
     torch.manual_seed(0)
     scorer = build_scorer("mobilenet_v3_small", grid_size=(4, 4), stage=4, freeze_backbone=False).double()

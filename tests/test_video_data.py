@@ -182,6 +182,11 @@ def test_dataset_items_and_corrupt_replacement(ssv2_root):  # noqa: F811
         replacement, label, video = dataset[3]
     assert replacement.shape == (3, 4, 32, 32) and dataset.replaced[-1].endswith("103.webm")
     assert video != 3 and label == samples[video].label  # the replacement's own index and label
-    broken = VideoClassification([data.VideoSample(str(ssv2_root / "x.webm"), 0)], num_frames=2, size=32, max_retries=2)
+    evaluation = VideoClassification(samples, num_frames=4, size=32, views=(2, 1))
+    with pytest.warns(RuntimeWarning, match="103.webm.*leaves it out"):
+        skipped, label, video = evaluation[2 * 3 + 1]  # video 3's second view: left out, not replaced
+    assert video == -1 and label == samples[3].label and not skipped.any() and evaluation.skipped[-1].endswith("103.webm")
+    broken = VideoClassification([data.VideoSample(str(ssv2_root / "x.webm"), 0)], num_frames=2, size=32, max_retries=2,
+                                 train=True)
     with pytest.warns(RuntimeWarning), pytest.raises(VideoDecodeError, match="3 videos in a row"):
         broken[0]

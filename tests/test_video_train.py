@@ -327,10 +327,10 @@ def test_evaluate_averages_softmax_not_logits_nor_votes():
     # video 1 (label 4): two views; its label is 5th in the mean softmax, so a top-5 hit but no top-1
     ranked = [[5.0, 4, 3, 2, 1, 0], [5.0, 4, 3, 2, 1, 0]]
     items = [(strong, 0), (ranked[0], 1), (moderate, 0), (ranked[1], 1), (moderate, 0)]  # views interleaved
-    labels = [1, 4, 2]  # video 2 has no view (as a video replaced after a decoding failure): not counted
-    loader = torch.utils.data.DataLoader(ViewLogits(items, labels), batch_size=2)
+    labels = [1, 4, 2]  # video 2 could not be decoded: its view comes back as video -1 and is left out
+    loader = torch.utils.data.DataLoader(ViewLogits(items + [(strong, -1)], labels), batch_size=2)
     stats = evaluate(PassThrough(), loader, TrainConfig(progress=False), DistContext(0, 1, 0, torch.device("cpu")))
-    assert (stats["clips"], stats["videos"]) == (5, 2)
+    assert (stats["clips"], stats["videos"], stats["skipped"]) == (5, 2, 1)
     assert stats["top1"] == pytest.approx(50) and stats["top5"] == pytest.approx(100)
     logits = torch.tensor([x for x, _ in items])
     targets = torch.tensor([labels[v] for _, v in items])

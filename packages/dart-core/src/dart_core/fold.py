@@ -29,18 +29,33 @@ import itertools
 
 import torch
 import torch.nn as nn
-from timm.layers import ConvNormAct
-from timm.models._efficientnet_blocks import ConvBnAct, DepthwiseSeparableConv, EdgeResidual, InvertedResidual
+from timm.layers import BatchNormAct2d, Conv2dSame, ConvNormAct
 from timm.models.efficientnet import EfficientNet, EfficientNetFeatures
 from timm.models.mobilenetv3 import MobileNetV3, MobileNetV3Features
 from torch.nn.utils.fusion import fuse_conv_bn_weights
 
+# Convolutions whose output is conv2d(x, weight, bias) (Conv2dSame pads first), and BatchNorms whose
+# eval output is the affine running-statistics map (BatchNormAct2d then applies drop and act):
+# subclasses that transform the weight (timm's StdConv2d) or add ops are not folded.
+FOLDABLE_CONVS = (nn.Conv2d, Conv2dSame)
+FOLDABLE_NORMS = (nn.BatchNorm2d, BatchNormAct2d)
+
 
 def _timm_pairs() -> dict[type, tuple[tuple[str, str], ...]]:
-    """timm block classes → their (conv attribute, BatchNorm attribute) pairs, in forward order."""
+    """timm block classes → their (conv attribute, BatchNorm attribute) pairs, in forward order
+    (empty for the blocks if timm moves its private block module: nothing is folded there then)."""
+    try:
+        from timm.models._efficientnet_blocks import (
+            ConvBnAct,
+            DepthwiseSeparableConv,
+            EdgeResidual,
+            InvertedResidual,
+        )
+    except ImportError:
+        ConvBnAct = DepthwiseSeparableConv = EdgeResidual = InvertedResidual = None
     s2d = ("conv_s2d", "bn_s2d")
     stem = (("conv_stem", "bn1"),)
-    return {
+    pairs = {
         ConvNormAct: (("conv", "bn"),),
         ConvBnAct: (("conv", "bn1"),),
         DepthwiseSeparableConv: (s2d, ("conv_dw", "bn1"), ("conv_pw", "bn2")),
@@ -51,6 +66,7 @@ def _timm_pairs() -> dict[type, tuple[tuple[str, str], ...]]:
         MobileNetV3: stem,
         MobileNetV3Features: stem,
     }
+    return {block: names for block, names in pairs.items() if block is not None}
 
 
 TIMM_PAIRS = _timm_pairs()
@@ -66,8 +82,8 @@ def _has_hooks(module: nn.Module) -> bool:
 def _foldable(conv: nn.Module | None, bn: nn.Module | None) -> bool:
     """A 2-d convolution followed by an eval-mode BatchNorm with running statistics, no hooks."""
     return (
-        isinstance(conv, nn.Conv2d)
-        and isinstance(bn, nn.BatchNorm2d)
+        type(conv) in FOLDABLE_CONVS
+        and type(bn) in FOLDABLE_NORMS
         and not bn.training
         and bn.running_mean is not None
         and bn.running_var is not None
@@ -152,6 +168,12 @@ def fold_batchnorm(module: nn.Module) -> nn.Module:
     return folded
 
 
+def has_any_hooks(module: nn.Module) -> bool:
+    """Whether any submodule of ``module`` has hooks: then it must run itself, not a folded copy
+    (hooks would see the copy's modules, and hooks added or removed later would be missed)."""
+    return any(_has_hooks(m) for m in module.modules())
+
+
 def tensor_state_key(module: nn.Module) -> tuple | None:
     """Identity, storage and version of every parameter and buffer, and every submodule's mode:
     changes whenever a tensor is replaced (``.to()``, assignment), moved, or written in place
@@ -183,10 +205,11 @@ class FoldedCopy:
     def get(self, module: nn.Module) -> nn.Module:
         """The folded copy of ``module``'s current weights."""
         key = tensor_state_key(module)
-        if key is None or key != self._key or self._folded is None:
-            self._folded = fold_batchnorm(module)
-            self._key = key
-        return self._folded
+        folded = self._folded
+        if key is None or key != self._key or folded is None:
+            folded = fold_batchnorm(module)
+            self._folded, self._key = folded, key
+        return folded  # the local: a replica sharing this cache in another thread may replace it
 
     def __deepcopy__(self, memo: dict) -> FoldedCopy:
         return FoldedCopy()  # a copy of the owner has new tensors: it folds them on first use

@@ -16,8 +16,10 @@ scale crop in training, centre crop in evaluation) and normalised. Multi-view te
 VideoMamba release tests SSv2 with 2 clips × 3 crops) takes K temporal clips × J spatial crops of
 every video: see :func:`segment_indices` and :func:`clip_transform`; the views' softmax scores are
 averaged per video by :func:`dart_video.engine.evaluate`. There is **no horizontal
-flip**: SSv2 labels such as "left to right" depend on direction. A video that cannot be decoded
-is replaced by another one of the split (a warning names it); after ``max_retries`` failures in a
+flip**: SSv2 labels such as "left to right" depend on direction. A training video that cannot be
+decoded is replaced by another one of the split (a warning names it); in evaluation it is left out
+(its views come back with video index −1, and the evaluation counts it as skipped: a replacement
+would give another video extra views); after ``max_retries`` failures in a
 row the dataset raises.
 
 Decoding uses decord (``decord2``) when importable and PyAV otherwise (or when decord fails);
@@ -201,8 +203,8 @@ def segment_indices(total: int, num_frames: int, train: bool, rng: random.Random
     ``clips`` (K): the frame at fraction ``(1/2 + clip/K) mod 1`` of every segment, so clip 0 is
     the segment middles (K = 1: the single-view frames) and the K clips are spaced 1/K of a segment
     apart. For K = 2 that is the VideoMamba release's SSv2 test set of clips {segment middles,
-    segment starts}; for any even K it is the release's set ``{k/K}``. Positions are computed in
-    exact integer arithmetic (the floor of the exact position).
+    segment starts} (for K > 2 the release pads its index list with copies of the last frame
+    instead). Positions are computed in exact integer arithmetic (the floor of the exact position).
     """
     if not 0 <= clip < clips:
         raise ValueError(f"temporal clip must be in [0, {clips}), got {clip}")
@@ -276,7 +278,8 @@ class VideoClassification(Dataset):
     The dataset lists ``len(samples) · repeats · K · J`` items; item i is view ``i mod K·J``
     (clip ``view // J``, crop ``view mod J``) of video ``i // (K·J) mod len(samples)``. Items are
     ``((3, T, size, size) float clip, label, video)`` where ``video`` indexes ``samples`` (the
-    video actually decoded: a replacement's index when the video could not be). An item may also
+    video actually decoded: in training a replacement's index when the video could not be; in
+    evaluation −1, with a zero clip, for a video that could not be decoded). An item may also
     be asked for as ``dataset[(index, seed)]`` (what :class:`dart_core.training.EpochSampler`
     yields): then the clip is a pure function of (index, seed), whatever the epoch or the process.
     """
@@ -298,7 +301,8 @@ class VideoClassification(Dataset):
         self.clips, self.crops = views
         readers = list(readers) if readers is not None else available_readers()
         self.readers = [FrameCache(readers)] if cache else readers
-        self.replaced: list[str] = []
+        self.replaced: list[str] = []  # training videos that could not be decoded (each time)
+        self.skipped: list[str] = []  # evaluation videos that could not be decoded (each view)
 
     def __len__(self) -> int:
         return len(self.samples) * self.repeats * self.clips * self.crops
@@ -328,6 +332,10 @@ class VideoClassification(Dataset):
                         out = self.erase(out)
                 return out, sample.label, index
             except VideoDecodeError as error:
+                if not self.train:
+                    warnings.warn(f"{error}; evaluation leaves it out", RuntimeWarning, stacklevel=2)
+                    self.skipped.append(sample.path)
+                    return torch.zeros(3, self.num_frames, self.size, self.size), sample.label, -1
                 warnings.warn(f"{error}; replacing it with another video", RuntimeWarning, stacklevel=2)
                 self.replaced.append(sample.path)
                 index = rng.randrange(len(self.samples))

@@ -118,8 +118,8 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, config: TrainConfig, ct
              desc: str = "eval") -> dict:
     """Per-video top-1 / top-5 (%) of the softmax scores averaged over each video's views (the
     release's multi-view test; one view per video: the plain accuracy), the mean per-view
-    cross-entropy, the counts of views (``clips``) and videos scored, and views per second of the
-    model's forward passes.
+    cross-entropy, the counts of views (``clips``) and videos scored, the videos left out because
+    they could not be decoded (``skipped``), and views per second of the model's forward passes.
 
     ``loader`` yields ``(clips, labels, videos)`` batches of a :class:`data.VideoClassification`
     (``videos`` index its samples). Under DDP the views of one video may land on different ranks:
@@ -139,11 +139,12 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, config: TrainConfig, ct
             logits = model(clips)
         _sync(ctx.device)
         seconds = time.perf_counter() - start
-        logits = logits.float()
+        kept = videos >= 0  # -1: a view of a video that could not be decoded (left out, see data.py)
+        logits, labels, videos = logits.float()[kept.to(logits.device)], labels[kept.to(labels.device)], videos[kept]
         scores.index_add_(0, videos, logits.softmax(1).double().cpu())
         views.index_add_(0, videos, torch.ones(len(videos), dtype=torch.float64))
-        totals += torch.tensor([F.cross_entropy(logits, labels, reduction="sum").item(), len(labels), seconds],
-                               dtype=torch.float64)
+        loss = F.cross_entropy(logits, labels, reduction="sum").item() if len(labels) else 0.0
+        totals += torch.tensor([loss, len(labels), seconds], dtype=torch.float64)
     rate = totals[1] / totals[2] if totals[2] > 0 else totals.new_zeros(())
     summed = all_reduce_sum(torch.stack([totals[0], totals[1], rate]).to(ctx.device)).cpu().tolist()
     scores, views = (all_reduce_sum(t.to(ctx.device)).cpu() for t in (scores, views))
@@ -154,7 +155,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, config: TrainConfig, ct
     return {"top1": 100 * (top[:, 0] == labels).sum().item() / max(count, 1),
             "top5": 100 * (top == labels[:, None]).any(1).sum().item() / max(count, 1),
             "loss": summed[0] / max(summed[1], 1.0), "clips": int(summed[1]), "videos": count,
-            "clips_per_s": summed[2]}
+            "skipped": len(samples) - count, "clips_per_s": summed[2]}
 
 
 # ---------------------------------------------------------------- training state
