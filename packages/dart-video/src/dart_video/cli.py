@@ -32,7 +32,6 @@ from dart_core.checkpoint import CheckpointMismatchError, read_state_dict
 from dart_core.training import (
     CheckpointError,
     DistContext,
-    EpochSampler,
     count_flops,
     count_params,
     init_distributed,
@@ -44,7 +43,7 @@ from dart_core.visualize import partition_overview, save_png
 
 from . import data
 from .checkpoint import load_video_checkpoint
-from .engine import CHECKPOINT_FORMAT, TrainingError, build_model, clip_dataset, evaluate, fit, make_loader
+from .engine import CHECKPOINT_FORMAT, TrainingError, build_model, eval_loader, evaluate, fit
 from .recipes import ConfigError, TrainConfig, add_config_flags, config_from_args
 from .tokenizer import VideoDART, frames_to_tall
 
@@ -142,9 +141,7 @@ def eval_command(args: argparse.Namespace) -> dict:
                 load_video_checkpoint(model, args.checkpoint)
             except (FileNotFoundError, ValueError, CheckpointMismatchError) as error:
                 raise CommandError(str(error)) from error
-        dataset = clip_dataset(samples, config, train=False, views=(config.test_clips, config.test_crops))
-        sampler = EpochSampler(len(dataset), ctx.rank, ctx.world_size, shuffle=False, pad=False, seed=config.seed)
-        loader = make_loader(dataset, sampler, config.eval_batch_size or config.batch_size, config, ctx, False)
+        loader = eval_loader(samples, config, ctx, views=(config.test_clips, config.test_crops))
         result = {**evaluate(model, loader, config, ctx), **model_stats(model, config, ctx.device),
                   "views": [config.test_clips, config.test_crops], "model": config.model, "checkpoint": args.checkpoint}
         if ctx.is_main:

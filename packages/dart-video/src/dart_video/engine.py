@@ -101,6 +101,15 @@ def make_loader(dataset, sampler: EpochSampler, batch_size: int, config: TrainCo
                       generator=torch.Generator().manual_seed(config.seed))
 
 
+def eval_loader(samples: Sequence[data.VideoSample], config: TrainConfig, ctx: DistContext,
+                views: tuple[int, int] = (1, 1)) -> DataLoader:
+    """Evaluation batches of ``samples`` (``views`` per video, see :func:`clip_dataset`): every
+    view once over all ranks, in order, no padding; ``eval_batch_size`` (else ``batch_size``) clips."""
+    dataset = clip_dataset(samples, config, train=False, views=views)
+    sampler = EpochSampler(len(dataset), ctx.rank, ctx.world_size, shuffle=False, pad=False, seed=config.seed)
+    return make_loader(dataset, sampler, config.eval_batch_size or config.batch_size, config, ctx, False)
+
+
 def autocast(config: TrainConfig, device: torch.device):
     """bf16 (or fp16) autocast on the GPU; float32 on the CPU."""
     enabled = device.type == "cuda" and config.amp_dtype != "none"
@@ -140,7 +149,8 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, config: TrainConfig, ct
         _sync(ctx.device)
         seconds = time.perf_counter() - start
         kept = videos >= 0  # -1: a view of a video that could not be decoded (left out, see data.py)
-        logits, labels, videos = logits.float()[kept.to(logits.device)], labels[kept.to(labels.device)], videos[kept]
+        on_device = kept.to(ctx.device)
+        logits, labels, videos = logits.float()[on_device], labels[on_device], videos[kept]
         scores.index_add_(0, videos, logits.softmax(1).double().cpu())
         views.index_add_(0, videos, torch.ones(len(videos), dtype=torch.float64))
         loss = F.cross_entropy(logits, labels, reduction="sum").item() if len(labels) else 0.0
@@ -273,7 +283,7 @@ def fit(config: TrainConfig, ctx: DistContext, model: VideoMamba, train_samples,
     """Train for ``config.epochs`` (continuing ``resume``: a path or "auto" = ``out/last.pth`` if
     present), evaluating after every epoch. Returns the last epoch's metrics and counters."""
     num_classes = len(classes)
-    train_set, val_set = clip_dataset(train_samples, config, True), clip_dataset(val_samples, config, False)
+    train_set = clip_dataset(train_samples, config, True)
     sampler = EpochSampler(len(train_set), ctx.rank, ctx.world_size, seed=config.seed)
     steps_per_epoch = sampler.epoch_length() // (config.batch_size * config.accum_steps)
     if steps_per_epoch == 0:
@@ -293,8 +303,7 @@ def fit(config: TrainConfig, ctx: DistContext, model: VideoMamba, train_samples,
                **config.scaled(ctx.world_size), resumed_from=resume, epoch=trainer.epoch,
                step_in_epoch=trainer.step_in_epoch)
     loader = make_loader(train_set, sampler, config.batch_size, config, ctx, train=True)
-    val_sampler = EpochSampler(len(val_set), ctx.rank, ctx.world_size, shuffle=False, pad=False, seed=config.seed)
-    val_loader = make_loader(val_set, val_sampler, config.eval_batch_size or config.batch_size, config, ctx, False)
+    val_loader = eval_loader(val_samples, config, ctx)
     metrics: dict = {}
     while trainer.epoch < config.epochs:
         epoch = trainer.epoch

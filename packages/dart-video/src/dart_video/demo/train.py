@@ -12,10 +12,9 @@ import time
 from dataclasses import dataclass
 
 import torch
-from dart_core.training import EpochSampler
 
 from .. import cli, data
-from ..engine import clip_dataset, evaluate, fit, make_loader
+from ..engine import eval_loader, evaluate, fit
 from ..recipes import TrainConfig
 from . import models
 
@@ -69,8 +68,6 @@ def run(job: Job) -> dict:
         start = time.perf_counter()
         fit(config, ctx, model, train_samples, val_samples[:job.monitor], classes, job.out)
         seconds = time.perf_counter() - start
-        dataset = clip_dataset(val_samples, config, train=False)
-        sampler = EpochSampler(len(dataset), ctx.rank, ctx.world_size, shuffle=False, pad=False, seed=config.seed)
-        metrics = evaluate(model, make_loader(dataset, sampler, 64, config, ctx, False), config, ctx)
+        metrics = evaluate(model, eval_loader(val_samples, config, ctx), config, ctx)
         return {"name": job.name, "model": config.model, "top1": metrics["top1"], "clips": metrics["clips"],
                 "clips_per_s": metrics["clips_per_s"], **cli.model_stats(model, config, ctx.device), "train_s": seconds}
