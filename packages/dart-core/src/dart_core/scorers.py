@@ -201,7 +201,12 @@ class Scorer(nn.Module):
         """(B, C, H, W) images → (B, h, w) positive scores."""
         raw = self.head.raw_scores(self.features(images))
         raw = F.interpolate(raw.unsqueeze(1), size=self.grid_size, mode="bilinear", align_corners=False)
-        return self.head.activate(self.contrast * standardise(raw.squeeze(1), self.batch_stats))
+        return self.activate(raw.squeeze(1))
+
+    def activate(self, raw: torch.Tensor) -> torch.Tensor:
+        """(B, h, w) raw scores → positive scores: standardised (per sample or over the batch),
+        times :attr:`contrast`, through the head's activation."""
+        return self.head.activate(self.contrast * standardise(raw, self.batch_stats))
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ import math
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-from dart_core.scorers import ScoreHeadV2, Scorer, build_scorer, feature_channels, standardise
+from dart_core.scorers import ScoreHeadV2, Scorer, build_scorer, feature_channels
 from timm.layers import Mlp
 
 from .tokenizer import tall_to_frames
@@ -105,7 +105,7 @@ class TemporalDifferenceScorer(Scorer):
         raw = self.head.raw_scores(features)  # (B, T, h', w')
         raw = F.interpolate(raw.flatten(0, 1).unsqueeze(1), size=self.grid_size, mode="bilinear", align_corners=False)
         raw = raw.view(batch, frames * self.grid_size[0], self.grid_size[1])
-        return self.head.activate(self.contrast * standardise(raw, self.batch_stats))
+        return self.activate(raw)
 
 
 def build_temporal_scorer(
