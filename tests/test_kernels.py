@@ -1,4 +1,5 @@
-"""The fused patch sampler: Triton kernels (CPU interpreter), the PyTorch path and an oracle.
+"""The fused patch sampler: Triton kernels (CPU interpreter), the compiled C kernels, the PyTorch
+path and an oracle.
 
 The oracle is ``F.grid_sample`` twice (border padding across lines, zero padding along the
 strip), as in the published code; it shares no code with ``dart_core.kernels``. The Triton
@@ -12,11 +13,11 @@ import reference_dart as ref
 import torch
 import torch.nn.functional as F
 from dart_core import partition, resample_pos_embed, sample_patches
-from dart_core.kernels import sample_strip_patches, use_triton
+from dart_core.kernels import native, resolve_backend, sample_strip_patches
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-BACKENDS = ["torch", "triton"]
+BACKENDS = ["torch", "triton", "native"]
 
 
 def oracle(images, line_y, sample_x):
@@ -99,6 +100,12 @@ def test_gradcheck_torch_path():
     images, line_y, sample_x = random_case(2, 2, 7, 6, 2, 3, 3, seed=11, spill=0.2)
     inputs = tuple(t.requires_grad_() for t in (images, line_y, sample_x))
     assert torch.autograd.gradcheck(lambda *a: sample_strip_patches(*a, backend="torch"), inputs, eps=1e-7, atol=1e-6)
+
+
+def test_gradcheck_native_kernels():
+    images, line_y, sample_x = random_case(2, 2, 7, 6, 2, 3, 3, seed=11, spill=0.2)
+    inputs = tuple(t.requires_grad_() for t in (images, line_y, sample_x))
+    assert torch.autograd.gradcheck(lambda *a: sample_strip_patches(*a, backend="native"), inputs, eps=1e-7, atol=1e-6)
 
 
 def test_gradcheck_triton_kernels():
@@ -206,11 +213,16 @@ def test_integer_positions_read_pixels_exactly():
 
 
 def test_backend_dispatch():
-    assert use_triton(torch.device("cpu"), "auto") is False
-    assert use_triton(torch.device("cuda"), "auto") is True  # CUDA tensors → Triton
-    assert use_triton(torch.device("cpu"), "triton") is True  # only because TRITON_INTERPRET=1 here
+    assert resolve_backend(torch.device("cpu"), "auto") == "native"  # a C compiler is on this machine
+    with native.disabled():
+        assert resolve_backend(torch.device("cpu"), "auto") == "torch"
+    assert resolve_backend(torch.device("cpu"), "auto") == "native"
+    assert resolve_backend(torch.device("cuda"), "auto") == "triton"  # CUDA tensors → Triton
+    assert resolve_backend(torch.device("cpu"), "triton") == "triton"  # only because TRITON_INTERPRET=1 here
     with pytest.raises(ValueError, match="backend must be"):
-        use_triton(torch.device("cpu"), "cuda")
+        resolve_backend(torch.device("cpu"), "cuda")
+    with pytest.raises(RuntimeError, match="CPU tensors only"):
+        resolve_backend(torch.device("cuda"), "native")
     with pytest.raises(ValueError, match="line_y"):
         sample_strip_patches(torch.zeros(1, 1, 4, 4), torch.zeros(1, 2), torch.zeros(1, 2, 2))
 
@@ -218,7 +230,68 @@ def test_backend_dispatch():
 def test_triton_refuses_cpu_tensors_without_interpreter(monkeypatch):
     monkeypatch.setenv("TRITON_INTERPRET", "0")
     with pytest.raises(RuntimeError, match="TRITON_INTERPRET=1"):
-        use_triton(torch.device("cpu"), "triton")
+        resolve_backend(torch.device("cpu"), "triton")
+
+
+def test_native_kernels_build_into_a_fresh_cache_and_fall_back_without_a_compiler(tmp_path, monkeypatch):
+    """The library builds from the shipped source; without a compiler 'auto' warns and uses PyTorch."""
+    monkeypatch.setenv("DART_KERNEL_CACHE", str(tmp_path / "cache"))
+    built = native.build()
+    assert built.parent == tmp_path / "cache" and built.stat().st_size > 0
+    assert native.build() == built  # cached: same key, no rebuild
+    monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
+    monkeypatch.setattr(native, "_load", native._load.__wrapped__)  # bypass the process-wide cache
+    monkeypatch.setattr(native, "_warned", type(native._warned)())
+    with pytest.raises(native.NativeUnavailable, match="no C compiler"):
+        resolve_backend(torch.device("cpu"), "native")
+    with pytest.warns(RuntimeWarning, match="PyTorch CPU path"):
+        assert resolve_backend(torch.device("cpu"), "auto") == "torch"
+
+
+def test_native_kernels_split_the_batch_between_threads():
+    """Two threads (each a slice of the batch) give the one-thread result exactly."""
+    images, line_y, sample_x = random_case(5, 2, 9, 7, 3, 4, 3, seed=21, dtype=torch.float32, spill=0.2)
+    inputs = [images.requires_grad_(), line_y.requires_grad_(), sample_x.requires_grad_()]
+    cotangent = torch.randn(5, 4, 2, 3, 3)
+    results = []
+    threads = torch.get_num_threads()
+    try:
+        for count in (1, 2):
+            torch.set_num_threads(count)
+            out = sample_strip_patches(*inputs, backend="native")
+            results.append((out, *torch.autograd.grad((out * cotangent).sum(), inputs)))
+    finally:
+        torch.set_num_threads(threads)
+    for one, two in zip(*results, strict=True):
+        assert torch.equal(one, two)
+
+
+def _sample_in_child(queue):
+    torch.set_num_threads(2)
+    images, line_y, sample_x = random_case(4, 1, 6, 5, 2, 3, 2, seed=3)
+    queue.put(sample_strip_patches(images, line_y, sample_x, "native").sum().item())
+
+
+def test_native_thread_pool_survives_fork():
+    """A forked child (a DataLoader worker) gets a fresh pool instead of the parent's dead threads."""
+    import multiprocessing
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        images, line_y, sample_x = random_case(4, 1, 6, 5, 2, 3, 2, seed=3)
+        want = sample_strip_patches(images, line_y, sample_x, "native").sum().item()  # the pool now exists
+        context = multiprocessing.get_context("fork")
+        queue = context.Queue()
+        child = context.Process(target=_sample_in_child, args=(queue,), daemon=True)
+        child.start()
+        child.join(timeout=60)
+        if child.is_alive():
+            child.kill()
+        assert child.exitcode == 0, "the child hung or failed sampling with the inherited pool"
+        assert queue.get(timeout=5) == pytest.approx(want, abs=1e-12)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def test_compiles_without_graph_breaks_and_under_bf16_autocast():
@@ -279,3 +352,70 @@ def test_interval_average_shares_a_batch_of_one_and_matches_its_dense_weights():
     torch.testing.assert_close(shared, overlap_average_weights(edges, 6, row_overlap_normaliser) @ values[0])
     with pytest.raises(ValueError, match="values has batch 2"):
         interval_average(values.expand(2, -1, -1), edges, row_overlap_normaliser)
+
+
+def slow_interval_integral(values, points):
+    """Oracle: sum each interval's cell overlaps one by one (points clamped to [0, n])."""
+    batch, count = points.shape[0], points.shape[1] - 1
+    cells = values.shape[1]
+    out = torch.zeros(batch, count, values.shape[2], dtype=values.dtype)
+    for b in range(batch):
+        for k in range(count):
+            a, e = (float(min(max(p, 0.0), cells)) for p in points[b, k:k + 2])
+            sign = 1.0 if e >= a else -1.0
+            lo, hi = min(a, e), max(a, e)
+            for i in range(cells):
+                overlap = max(0.0, min(hi, i + 1) - max(lo, i))
+                out[b, k] += sign * overlap * values[b if values.shape[0] > 1 else 0, i]
+    return out
+
+
+def integral_case(batch, cells, count, dim, seed, spill=0.3, shuffle=False):
+    g = torch.Generator().manual_seed(seed)
+    values = torch.randn(batch, cells, dim, generator=g, dtype=torch.float64)
+    points = (torch.rand(batch, count + 1, generator=g, dtype=torch.float64) * (1 + 2 * spill) - spill) * cells
+    return values, points if shuffle else torch.sort(points, dim=1).values
+
+
+@pytest.mark.parametrize("shuffle", [False, True])
+def test_interval_integral_both_paths_match_the_oracle(shuffle):
+    """Native kernel and running-integral path: values past [0, n] clamp; decreasing ends integrate negatively."""
+    from dart_core.intervals import interval_integral, running_integral_at
+    from dart_core.kernels.interval_native import interval_integral as native_integral
+
+    values, points = integral_case(3, 7, 6, 4, seed=31, shuffle=shuffle)
+    want = slow_interval_integral(values, points)
+    running = running_integral_at(values, points)
+    torch.testing.assert_close(running[:, 1:] - running[:, :-1], want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(native_integral(values, points), want, rtol=0, atol=1e-12)
+    torch.testing.assert_close(interval_integral(values[:1], points), slow_interval_integral(values[:1], points),
+                               rtol=0, atol=1e-12)  # a shared (1, n, D) signal
+
+
+def test_interval_integral_native_gradients():
+    """gradcheck (float64) and equal gradients with the running-integral path, clamped points included."""
+    from dart_core.intervals import running_integral_at
+    from dart_core.kernels.interval_native import interval_integral as native_integral
+
+    values, points = integral_case(2, 5, 4, 3, seed=32, shuffle=True)
+    inputs = (values.requires_grad_(), points.requires_grad_())
+    assert torch.autograd.gradcheck(native_integral, inputs, eps=1e-7, atol=1e-6)
+    cotangent = torch.randn(2, 4, 3, dtype=torch.float64)
+    running = running_integral_at(*inputs)
+    want = torch.autograd.grad(((running[:, 1:] - running[:, :-1]) * cotangent).sum(), inputs)
+    got = torch.autograd.grad((native_integral(*inputs) * cotangent).sum(), inputs)
+    for g, w in zip(got, want, strict=True):
+        torch.testing.assert_close(g, w, rtol=0, atol=1e-12)
+
+
+@settings(max_examples=25, deadline=None)
+@given(batch=st.integers(1, 3), cells=st.integers(1, 9), count=st.integers(1, 8), dim=st.integers(1, 5),
+       seed=st.integers(0, 2**16), dtype=st.sampled_from([torch.float32, torch.float64]))
+def test_interval_integral_native_matches_running_integral_on_any_shape(batch, cells, count, dim, seed, dtype):
+    from dart_core.intervals import running_integral_at
+    from dart_core.kernels.interval_native import interval_integral as native_integral
+
+    values, points = (t.to(dtype) for t in integral_case(batch, cells, count, dim, seed))
+    running = running_integral_at(values, points)
+    tol = 1e-12 if dtype == torch.float64 else 2e-5 * cells
+    torch.testing.assert_close(native_integral(values, points), running[:, 1:] - running[:, :-1], rtol=0, atol=tol)

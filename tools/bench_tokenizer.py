@@ -8,7 +8,9 @@ tokens and embed dim). Rows:
 * tokenizer forward (inference, no autograd) and forward + backward as in training (images need
   no gradient; the scores, the positional table and the projection do), without a scorer (the
   scores are a learned (h, w) map, so gradients still flow through the partition) and with the
-  MobileNetV3-Small scorer of the DeiT-Tiny model;
+  MobileNetV3-Small scorer of the DeiT-Tiny model; on the CPU also the no-scorer forward + backward
+  with the PyTorch fallback instead of the compiled C kernels (what a machine without a C compiler
+  runs);
 * one whole training step (forward, cross-entropy, backward, AdamW) of DeiT-Tiny + DART
   (``deit_tiny_dart_patch16_448``) against DeiT-Tiny (``deit_tiny_patch16_224``), same tokens;
 * peak memory of each tokenizer step (CPU: peak bytes of the live tensors it creates; CUDA: the
@@ -46,6 +48,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 from dart_core import DART, build_scorer
+from dart_core.kernels import native
 from dart_core.training.flops import count_flops
 from timm.layers import PatchEmbed
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -136,6 +139,14 @@ def train_step(model: nn.Module, images: torch.Tensor) -> Callable[[], None]:
     def run() -> None:
         model.zero_grad(set_to_none=True)
         model(images).square().mean().backward()
+    return run
+
+
+def with_pytorch_kernels(step: Callable[[], None]) -> Callable[[], None]:
+    """The same step with the PyTorch CPU paths instead of the compiled kernels (no C compiler)."""
+    def run() -> None:
+        with native.disabled():
+            step()
     return run
 
 
@@ -233,6 +244,9 @@ def run(args) -> dict:
         timed(f"tokenizer forward, {label}", forward_step(base, small), forward_step(tokenizers[key], large), repeats)
         timed(f"tokenizer forward + backward, {label}", train_step(base, small), train_step(tokenizers[key], large),
               repeats)
+        if device.type == "cpu" and key == "dart" and native.available():
+            timed("  the same, PyTorch CPU path (no C compiler)", train_step(base, small),
+                  with_pytorch_kernels(train_step(tokenizers[key], large)), repeats)
 
     labels = torch.randint(0, 1000, (args.batch,), device=device)
     deit = timm.create_model("deit_tiny_patch16_224", num_classes=1000).to(device).train()

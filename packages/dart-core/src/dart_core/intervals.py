@@ -8,7 +8,9 @@ ends instead of building a dense (new cells × old cells) overlap matrix:
 
     average = (F(b) - F(a)) / normaliser(b - a)
 
-which costs O(n + new cells) and has the same derivatives almost everywhere. Where both sides
+which costs O(n + new cells) and has the same derivatives almost everywhere. On the CPU the
+compiled kernel of :mod:`dart_core.kernels.interval_native` sums each interval's cell overlaps
+directly (same values and derivatives, one pass each way). Where both sides
 are tiny (the R new rows of an h-row grid) the dense (K, n) matrix of normalised overlaps is
 cheaper instead: the average is then one matrix product with the signal
 (:func:`overlap_average_weights`).
@@ -19,6 +21,9 @@ from __future__ import annotations
 from collections.abc import Callable
 
 import torch
+
+from .kernels import native
+from .kernels.interval_native import interval_integral as native_interval_integral
 
 
 def running_integral_at(values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -47,6 +52,25 @@ def running_integral_at(values: torch.Tensor, points: torch.Tensor) -> torch.Ten
     return torch.addcmul(below.view(batch, count, dim), inside, within.view(batch, count, dim))
 
 
+def interval_integral(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """Integral of a piecewise-constant signal over consecutive intervals.
+
+    Args:
+        values: (B, n, D) the signal on unit cells (or (1, n, D), shared by the batch).
+        edges: (B, K + 1) interval boundaries in cell units (clamped to [0, n]).
+
+    Returns:
+        (B, K, D) the integrals, in ``values``' dtype; differentiable in both inputs.
+    """
+    batch = edges.shape[0]
+    if values.shape[0] not in (1, batch):
+        raise ValueError(f"values has batch {values.shape[0]}; expected 1 or the points' batch {batch}")
+    if values.device.type == "cpu" and values.dtype in native.SUFFIXES and native.available(warn=True):
+        return native_interval_integral(values.expand(batch, -1, -1), edges.to(values.dtype))
+    integral = running_integral_at(values, edges)
+    return integral[:, 1:] - integral[:, :-1]
+
+
 def interval_average(
     values: torch.Tensor,
     edges: torch.Tensor,
@@ -63,9 +87,9 @@ def interval_average(
     Returns:
         (B, K, D) the averages.
     """
-    integral = running_integral_at(values, edges)
     widths = (edges[:, 1:] - edges[:, :-1]).to(values.dtype)
-    return (integral[:, 1:] - integral[:, :-1]) / normaliser(widths).unsqueeze(-1)
+    # × the (B, K) reciprocals rather than ÷ a broadcast: fewer (B, K, D) passes forward and back
+    return interval_integral(values, edges) * normaliser(widths).reciprocal().unsqueeze(-1)
 
 
 def overlap_average_weights(

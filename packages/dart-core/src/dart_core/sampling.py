@@ -6,8 +6,9 @@ semantics). Row r spans ``[Y_r, Y_{r+1}] = row_edges · H`` and is resampled to 
 side, form a strip of width R·W; token n spans strip x in ``[X_n, X_{n+1}] = token_edges · W``
 and is sampled at ``x = X_n + (X_{n+1} - X_n) · t / P`` (zero padding, neighbouring rows blend
 at a seam). The positions are computed here in float64; the sampling itself is the fused
-kernel of :mod:`dart_core.kernels` (Triton on CUDA, a vectorised PyTorch path elsewhere, both
-with analytic backward passes), which never builds the strip on the GPU.
+kernel of :mod:`dart_core.kernels` (Triton on CUDA, compiled C on the CPU, a vectorised PyTorch
+path as the fallback, all three with analytic backward passes), which never builds the whole
+strip.
 """
 
 from __future__ import annotations
@@ -70,8 +71,8 @@ def sample_patches(
         images: (B, C, H, W) images, any float dtype.
         partition: a :class:`Partition` with B samples, R rows and N tokens.
         patch_size: P.
-        backend: ``"auto"`` (Triton for CUDA tensors, PyTorch otherwise), ``"torch"`` or
-            ``"triton"`` (see :func:`dart_core.kernels.sample_strip_patches`).
+        backend: ``"auto"`` (Triton for CUDA tensors, compiled C for CPU tensors), ``"torch"``,
+            ``"triton"`` or ``"native"`` (see :func:`dart_core.kernels.resolve_backend`).
 
     Returns:
         (B, N, C, P, P) patches in the images' dtype; differentiable in the images and in the

@@ -3,8 +3,9 @@
 ``sample_strip_patches`` takes sample positions (differentiable) and returns patches; the
 positions are split once into integer taps and float fractions here, so both backends see the
 same integers and the gradients to the fractions flow back to the positions through autograd.
-CUDA tensors go to the Triton kernels, everything else to the vectorised PyTorch path. Neither
-path syncs with the host in the forward.
+CUDA tensors go to the Triton kernels, CPU float tensors to the compiled C kernels
+(:mod:`.native`; the vectorised PyTorch path where no C compiler is found), anything else to the
+PyTorch path. None of them syncs with the host in the forward.
 """
 
 from __future__ import annotations
@@ -16,9 +17,10 @@ from typing import Literal
 import torch
 from torch.autograd.function import once_differentiable
 
-from . import patch_torch
+from . import native, patch_native, patch_torch
 
-Backend = Literal["auto", "torch", "triton"]
+Backend = Literal["auto", "torch", "triton", "native"]
+BACKENDS = ("auto", "torch", "triton", "native")
 
 
 def triton_available() -> bool:
@@ -37,27 +39,40 @@ def _triton_module():
     return patch_triton
 
 
-def use_triton(device: torch.device, backend: Backend) -> bool:
-    """Resolve a backend name for tensors on ``device`` (raises when the request cannot run)."""
-    if backend == "torch":
-        return False
+def resolve_backend(device: torch.device, backend: Backend) -> str:
+    """The implementation that runs for tensors on ``device``: ``"torch"``, ``"triton"`` or ``"native"``.
+
+    ``"auto"`` picks Triton for CUDA tensors, the compiled C kernels for CPU tensors (the PyTorch
+    path, with one warning, when they cannot be built) and the PyTorch path elsewhere. An explicit
+    request that cannot run raises with the reason.
+    """
+    if backend not in BACKENDS:
+        raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
     if backend == "auto":
-        return device.type == "cuda" and triton_available()
-    if backend != "triton":
-        raise ValueError(f"backend must be 'auto', 'torch' or 'triton', got {backend!r}")
-    if not triton_available():
-        raise RuntimeError("backend='triton' needs the triton package (pip install triton)")
-    if device.type != "cuda" and not triton_interpreted():
-        raise RuntimeError(
-            f"backend='triton' needs CUDA tensors (got {device.type}); set TRITON_INTERPRET=1 before "
-            "importing the kernels to run them on the CPU interpreter, or use backend='torch'"
-        )
-    return True
+        if device.type == "cuda" and triton_available():
+            return "triton"
+        return "native" if device.type == "cpu" and native.available(warn=True) else "torch"
+    if backend == "native":
+        if device.type != "cpu":
+            raise RuntimeError(f"backend='native' runs CPU tensors only (got {device.type}); use 'auto'")
+        if not native.available():
+            native.library()  # raises NativeUnavailable with the compiler's message
+    if backend == "triton":
+        if not triton_available():
+            raise RuntimeError("backend='triton' needs the triton package (pip install triton)")
+        if device.type != "cuda" and not triton_interpreted():
+            raise RuntimeError(
+                f"backend='triton' needs CUDA tensors (got {device.type}); set TRITON_INTERPRET=1 before "
+                "importing the kernels to run them on the CPU interpreter, or use backend='torch'"
+            )
+    return backend
 
 
-def _impl(triton: bool):
-    """The module with ``patch_sample_forward`` / ``patch_sample_backward`` for a backend."""
-    return _triton_module() if triton else patch_torch
+def _impl(backend: str):
+    """The module with ``patch_sample_forward`` / ``patch_sample_backward`` for a resolved backend."""
+    if backend == "triton":
+        return _triton_module()
+    return patch_native if backend == "native" else patch_torch
 
 
 # The two passes are registered as custom operators so that torch.compile treats them as opaque
@@ -65,14 +80,14 @@ def _impl(triton: bool):
 @torch.library.custom_op("dart_core::patch_sample", mutates_args=())
 def patch_sample_op(
     images: torch.Tensor, line_top: torch.Tensor, line_frac: torch.Tensor, sample_left: torch.Tensor,
-    sample_frac: torch.Tensor, triton: bool,
+    sample_frac: torch.Tensor, backend: str,
 ) -> torch.Tensor:
     """(B, C, H, W) images and taps → (B, N, C, P, P) patches (see :mod:`.patch_torch`)."""
-    return _impl(triton).patch_sample_forward(images, line_top, line_frac, sample_left, sample_frac)
+    return _impl(backend).patch_sample_forward(images, line_top, line_frac, sample_left, sample_frac)
 
 
 @patch_sample_op.register_fake
-def _(images, line_top, line_frac, sample_left, sample_frac, triton):
+def _(images, line_top, line_frac, sample_left, sample_frac, backend):
     lines = line_top.shape[2]
     return images.new_empty(images.shape[0], sample_left.shape[1] // lines, images.shape[1], lines, lines)
 
@@ -80,17 +95,17 @@ def _(images, line_top, line_frac, sample_left, sample_frac, triton):
 @torch.library.custom_op("dart_core::patch_sample_backward", mutates_args=())
 def patch_sample_backward_op(
     grad_patches: torch.Tensor, images: torch.Tensor, line_top: torch.Tensor, line_frac: torch.Tensor,
-    sample_left: torch.Tensor, sample_frac: torch.Tensor, triton: bool, need_images: bool,
+    sample_left: torch.Tensor, sample_frac: torch.Tensor, backend: str, need_images: bool,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Gradients to (images, line_frac, sample_frac); the image gradient is empty unless requested."""
-    grad_images, grad_line, grad_sample = _impl(triton).patch_sample_backward(
+    grad_images, grad_line, grad_sample = _impl(backend).patch_sample_backward(
         grad_patches, images, line_top, line_frac, sample_left, sample_frac, need_images
     )
     return (images.new_empty(0) if grad_images is None else grad_images), grad_line, grad_sample
 
 
 @patch_sample_backward_op.register_fake
-def _(grad_patches, images, line_top, line_frac, sample_left, sample_frac, triton, need_images):
+def _(grad_patches, images, line_top, line_frac, sample_left, sample_frac, backend, need_images):
     grad_images = torch.empty_like(images) if need_images else images.new_empty(0)
     return grad_images, torch.empty_like(line_frac), torch.empty_like(sample_frac)
 
@@ -102,10 +117,10 @@ class PatchSample(torch.autograd.Function):
     """
 
     @staticmethod
-    def forward(ctx, images, line_top, line_frac, sample_left, sample_frac, triton):
-        ctx.triton = triton
+    def forward(ctx, images, line_top, line_frac, sample_left, sample_frac, backend):
+        ctx.backend = backend
         ctx.save_for_backward(images, line_top, line_frac, sample_left, sample_frac)
-        return patch_sample_op(images, line_top, line_frac, sample_left, sample_frac, triton)
+        return patch_sample_op(images, line_top, line_frac, sample_left, sample_frac, backend)
 
     @staticmethod
     @once_differentiable
@@ -113,7 +128,7 @@ class PatchSample(torch.autograd.Function):
         images, line_top, line_frac, sample_left, sample_frac = ctx.saved_tensors
         need_images = ctx.needs_input_grad[0]
         grad_images, grad_line, grad_sample = patch_sample_backward_op(
-            grad_patches.contiguous(), images, line_top, line_frac, sample_left, sample_frac, ctx.triton, need_images
+            grad_patches.contiguous(), images, line_top, line_frac, sample_left, sample_frac, ctx.backend, need_images
         )
         return (grad_images if need_images else None), None, grad_line, None, grad_sample, None
 
@@ -134,8 +149,8 @@ def sample_strip_patches(
             [0, H - 1] (border padding).
         sample_x: (B, N, P) positions on the strip of the R rows laid side by side (S = R·W
             columns, pixel-index coordinates); columns outside [0, S) read as zero.
-        backend: ``"auto"`` (Triton for CUDA tensors, PyTorch otherwise), ``"torch"`` or
-            ``"triton"``.
+        backend: ``"auto"`` (Triton for CUDA tensors, the compiled C kernels for CPU tensors),
+            ``"torch"``, ``"triton"`` or ``"native"`` (see :func:`resolve_backend`).
 
     Returns:
         (B, N, C, P, P) patches in the images' dtype, ``[b, n, c, k, t]`` = line k, sample t;
@@ -151,7 +166,7 @@ def sample_strip_patches(
             f"batch sizes and patch sizes must agree: images {tuple(images.shape)}, line_y "
             f"{tuple(line_y.shape)}, sample_x {tuple(sample_x.shape)}"
         )
-    triton = use_triton(images.device, backend)
+    backend = resolve_backend(images.device, backend)
     height = images.shape[2]
     dtype = compute_dtype(images.dtype)
     y = line_y.clamp(0.0, float(height - 1))
@@ -162,5 +177,5 @@ def sample_strip_patches(
     sample_frac = (x - sample_left.to(x.dtype)).to(dtype)
     return PatchSample.apply(
         images.contiguous(), line_top.contiguous(), line_frac.contiguous(), sample_left, sample_frac.contiguous(),
-        triton,
+        backend,
     )

@@ -1,4 +1,5 @@
-"""Vectorised PyTorch path of the fused patch sampler (CPU, and any device without Triton).
+"""Vectorised PyTorch path of the fused patch sampler (the fallback: CPUs without a C compiler,
+devices without Triton; and an independent implementation the kernels are tested against).
 
 Each output value blends at most 4 image taps (DESIGN.md §1 step 6). On the CPU the separable
 form is the cheapest in memory traffic: whole image lines are blended into the row strip (the

@@ -1,0 +1,144 @@
+/* DART's CPU kernels: the fused patch sampler and the interval integral, forward and backward.
+ *
+ * Plain C (no Python or torch headers): dart_core.kernels.native compiles this file once per
+ * machine and calls it through ctypes on contiguous tensors' data pointers. Every function works
+ * on a slice [b0, b1) of the batch, so the caller can split a batch between threads (ctypes
+ * releases the GIL); within a slice nothing is shared with another slice.
+ *
+ * Index conventions are those of patch_torch.py:
+ *   images       (B, C, H, W)
+ *   line_top     (B, R, P) int64   upper image line of line k of row r
+ *   line_frac    (B, R, P)         blend towards line min(top + 1, H - 1)
+ *   sample_left  (B, M) int64      left strip column of sample m = n * P + t; the strip has S = R * W
+ *                                  columns, column s is image column s % W of row s / W, columns
+ *                                  outside [0, S) read as zero
+ *   sample_frac  (B, M)            blend towards column left + 1
+ *   patches      (B, N, C, P, P)   [b, n, c, k, t] = line k, sample t of token n
+ *
+ * Scheme (one core, 448 images): the samples of an image are cut into segments, runs of one
+ * token's samples whose two x taps lie in one row. For each row, each of its C·P strip lines is
+ * blended once from its two image lines into a small buffer (vectorised), and every segment of
+ * the row reads its samples from that buffer (2 taps per value, in L1). The image is read once
+ * per pass, line by line. Samples whose taps cross a row seam or leave the strip (a handful per
+ * image) take a general path that places each tap on its own. The backward pass recomputes the
+ * strip lines and their lower - upper spread instead of keeping anything from the forward.
+ */
+#include <stdint.h>
+#include <stdlib.h>
+#include <string.h>
+
+#if defined(__GNUC__) && !defined(__clang__)
+#define NO_VECTORIZE __attribute__((optimize("no-tree-vectorize")))
+#else
+#define NO_VECTORIZE
+#endif
+
+/* One image's sampling geometry (pointers at the image's own entries). */
+typedef struct {
+    const int64_t *top;  /* (R, P) */
+    const void *frac;    /* (R, P), the kernel's element type */
+    const int64_t *left; /* (N·P) */
+    int64_t height, width, rows, lines, tokens;
+} Geometry;
+
+/* Consecutive samples of one token whose two taps lie inside one row. */
+typedef struct {
+    int64_t token, first, count, row;
+} Segment;
+
+/* Per-call work memory: the segments and, for every sample, its left tap's column within its row
+ * (-1 for a sample in no segment). */
+typedef struct {
+    Segment *segments;
+    int32_t *columns;
+    void *line; /* two image lines' worth of the element type: a strip line and its spread */
+} Scratch;
+
+static void scratch_free(Scratch *scratch) {
+    free(scratch->segments);
+    free(scratch->columns);
+    free(scratch->line);
+}
+
+static int scratch_init(Scratch *scratch, int64_t samples, int64_t width, size_t element) {
+    scratch->segments = malloc(sizeof(Segment) * (size_t)samples);
+    scratch->columns = malloc(sizeof(int32_t) * (size_t)samples);
+    scratch->line = malloc(element * 2 * (size_t)width);
+    if (scratch->segments && scratch->columns && scratch->line) return 0;
+    scratch_free(scratch);
+    return 1;
+}
+
+/* Split an image's samples into segments; returns how many. A sample whose taps cross a row seam
+ * or leave the strip belongs to none (the general path handles it). */
+static int64_t find_segments(const Geometry *geo, Scratch *scratch) {
+    int64_t count = 0, length = geo->rows * geo->width;
+    for (int64_t n = 0; n < geo->tokens; ++n) {
+        for (int64_t t = 0; t < geo->lines; ++t) {
+            int64_t m = n * geo->lines + t, s = geo->left[m];
+            int64_t row = s >= 0 ? s / geo->width : -1, col = s - row * geo->width;
+            if (s < 0 || s + 1 >= length || col + 1 >= geo->width) {
+                scratch->columns[m] = -1;
+                continue;
+            }
+            scratch->columns[m] = (int32_t)col;
+            Segment *last = count ? &scratch->segments[count - 1] : NULL;
+            if (last && last->token == n && last->row == row && last->first + last->count == t) {
+                ++last->count;
+            } else {
+                Segment seg = {n, t, 1, row};
+                scratch->segments[count++] = seg;
+            }
+        }
+    }
+    return count;
+}
+
+/* The end of the run of segments from i on that lie in segment i's row. */
+static int64_t same_row_end(const Segment *segments, int64_t i, int64_t count) {
+    int64_t end = i + 1;
+    while (end < count && segments[end].row == segments[i].row) ++end;
+    return end;
+}
+
+/* The columns [first, last) that segments [i, end) of one row read (both taps). */
+typedef struct {
+    int64_t first, last;
+} Span;
+
+static Span column_span(const Scratch *scratch, int64_t i, int64_t end, int64_t lines) {
+    Span span = {INT64_MAX, 0};
+    for (int64_t j = i; j < end; ++j) {
+        const Segment *seg = &scratch->segments[j];
+        for (int64_t t = 0; t < seg->count; ++t) {
+            int64_t x = scratch->columns[seg->token * lines + seg->first + t];
+            span.first = x < span.first ? x : span.first;
+            span.last = x + 2 > span.last ? x + 2 : span.last;
+        }
+    }
+    return span;
+}
+
+/* Offsets of the upper and lower image lines of line k of a row, in channel c's plane. */
+typedef struct {
+    int64_t upper, lower;
+} Lines;
+
+static Lines row_lines(const Geometry *geo, int64_t row, int64_t k, int64_t c) {
+    int64_t line = geo->top[row * geo->lines + k];
+    int64_t below = line + 1 < geo->height ? line + 1 : geo->height - 1;
+    Lines at = {(c * geo->height + line) * geo->width, (c * geo->height + below) * geo->width};
+    return at;
+}
+
+#define NAME(x) x##_f32
+#define T float
+#include "dart_cpu_kernels.h"
+#undef T
+#undef NAME
+
+#define NAME(x) x##_f64
+#define T double
+#include "dart_cpu_kernels.h"
+#undef T
+#undef NAME

@@ -1,0 +1,206 @@
+"""Build, load and call DART's compiled CPU kernels (``dart_cpu.c``).
+
+The C source ships with the package and is compiled on first use with the system C compiler
+(``$CC``, else ``cc``) into a per-user cache (``$DART_KERNEL_CACHE``, else
+``~/.cache/dart_core``), keyed by a hash of the sources, the flags and the CPU's instruction
+sets, so a home directory shared by different machines never loads a library built for another
+CPU. Processes that build at once (``torchrun``) each write a private file and rename it into
+place. Without a compiler the library is unavailable and the ``"auto"`` backend falls back to
+the PyTorch path with one warning; ``backend="native"`` raises with the compiler's message.
+
+Calls go through ctypes on contiguous tensors' data pointers; ctypes releases the GIL, so
+:func:`run_batched` splits a batch between ``torch.get_num_threads()`` threads.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import functools
+import hashlib
+import os
+import platform
+import shutil
+import subprocess
+import tempfile
+import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import torch
+
+SOURCES = ("dart_cpu.c", "dart_cpu_kernels.h")
+FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c11")
+FUNCTIONS = {  # name → argument kinds: p = pointer (or None), i = int64
+    "dart_patch_forward": "pppppp" + "i" * 8,
+    "dart_patch_backward": "ppppppppp" + "i" * 8,
+    "dart_interval_integral": "ppp" + "i" * 5,
+    "dart_interval_integral_backward": "ppppp" + "i" * 5,
+}
+SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
+
+
+class NativeUnavailable(RuntimeError):
+    """The compiled CPU kernels cannot be built or loaded here."""
+
+
+def _cpu_signature() -> str:
+    """The CPU model and flag set (Linux), or the platform's machine name elsewhere."""
+    try:
+        text = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.machine()
+    keep = [line for line in text.splitlines() if line.startswith(("flags", "model name", "Features"))]
+    return "\n".join(sorted(set(keep)))
+
+
+def cache_dir() -> Path:
+    """Where built libraries are kept."""
+    root = os.environ.get("DART_KERNEL_CACHE")
+    return Path(root) if root else Path.home() / ".cache" / "dart_core"
+
+
+def _compiler() -> str:
+    compiler = os.environ.get("CC", "cc")
+    if shutil.which(compiler) is None:
+        raise NativeUnavailable(
+            f"no C compiler ({compiler!r} not found): install gcc or clang, or set CC, to build DART's CPU "
+            "kernels; the PyTorch path (backend='torch') needs none"
+        )
+    return compiler
+
+
+def build() -> Path:
+    """Compile ``dart_cpu.c`` into the cache (once per source, flags and CPU); returns the library."""
+    here = Path(__file__).parent
+    compiler = _compiler()
+    digest = hashlib.sha256()
+    for name in SOURCES:
+        digest.update((here / name).read_bytes())
+    digest.update(" ".join((compiler, *FLAGS, _cpu_signature())).encode())
+    target = cache_dir() / f"dart_cpu-{digest.hexdigest()[:16]}.so"
+    if target.exists():
+        return target
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    os.close(handle)
+    try:
+        result = subprocess.run(
+            [compiler, *FLAGS, "-o", partial, str(here / "dart_cpu.c")], capture_output=True, text=True
+        )
+        if result.returncode != 0:
+            raise NativeUnavailable(f"building DART's CPU kernels failed ({compiler}):\n{result.stderr.strip()}")
+        os.replace(partial, target)
+    finally:
+        if os.path.exists(partial):
+            os.unlink(partial)
+    return target
+
+
+@functools.cache
+def _load() -> ctypes.CDLL | NativeUnavailable:
+    try:
+        library = ctypes.CDLL(str(build()))
+    except (NativeUnavailable, OSError) as error:
+        return error if isinstance(error, NativeUnavailable) else NativeUnavailable(str(error))
+    kinds = {"p": ctypes.c_void_p, "i": ctypes.c_int64}
+    for name, signature in FUNCTIONS.items():
+        for suffix in SUFFIXES.values():
+            function = getattr(library, f"{name}_{suffix}")
+            function.argtypes = [kinds[kind] for kind in signature]
+            function.restype = ctypes.c_int  # nonzero: out of memory for the work buffers
+    return library
+
+
+def library() -> ctypes.CDLL:
+    """The loaded library; raises :class:`NativeUnavailable` with the reason when it cannot be built."""
+    loaded = _load()
+    if isinstance(loaded, NativeUnavailable):
+        raise loaded
+    return loaded
+
+
+_warned = threading.Event()
+_disabled = False
+
+
+@contextlib.contextmanager
+def disabled():
+    """Within this block (eager mode), ``"auto"`` picks the PyTorch paths on the CPU: for comparisons."""
+    global _disabled
+    previous, _disabled = _disabled, True
+    try:
+        yield
+    finally:
+        _disabled = previous
+
+
+@torch.compiler.assume_constant_result  # torch.compile runs it once while tracing, not in the graph
+def available(warn: bool = False) -> bool:
+    """Whether the library can be used (and is not :func:`disabled`); with ``warn``, say once why not."""
+    if _disabled:
+        return False
+    loaded = _load()
+    if isinstance(loaded, NativeUnavailable) and warn and not _warned.is_set():
+        _warned.set()
+        warnings.warn(f"{loaded} — using the slower PyTorch CPU path", RuntimeWarning, stacklevel=3)
+    return not isinstance(loaded, NativeUnavailable)
+
+
+def function(name: str, dtype: torch.dtype):
+    """The kernel ``name`` for element type ``dtype`` (float32 or float64)."""
+    return getattr(library(), f"{name}_{SUFFIXES[dtype]}")
+
+
+def pointer(tensor: torch.Tensor | None) -> int | None:
+    """A contiguous tensor's data pointer for ctypes (None stays a NULL pointer)."""
+    if tensor is None:
+        return None
+    if not tensor.is_contiguous():
+        raise ValueError("native kernels need contiguous tensors")
+    return tensor.data_ptr()
+
+
+_pool: tuple[int, ThreadPoolExecutor] | None = None
+_pool_lock = threading.Lock()
+
+
+def _forget_pool() -> None:
+    """A forked child (e.g. a DataLoader worker) inherits the pool object but not its threads."""
+    global _pool
+    _pool = None
+
+
+os.register_at_fork(after_in_child=_forget_pool)
+
+
+def _executor(workers: int) -> ThreadPoolExecutor:
+    """A shared pool with at least ``workers`` threads."""
+    global _pool
+    with _pool_lock:
+        if _pool is None or _pool[0] < workers:
+            _pool = (workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dart_cpu"))
+        return _pool[1]
+
+
+def run_batched(kernel, batch: int, *args) -> None:
+    """Call ``kernel(*args, b0, b1, ...)`` over the batch, split into ``torch.get_num_threads()`` parts.
+
+    ``args`` are the pointer arguments; the trailing integers go after the slice bounds, so the
+    caller passes them as a tuple in ``args[-1]``.
+    """
+    *pointers, sizes = args
+    workers = min(torch.get_num_threads(), batch)
+    if workers <= 1:
+        failed = [kernel(*pointers, 0, batch, *sizes)]
+    else:
+        bounds = [batch * part // workers for part in range(workers + 1)]
+        futures = [
+            _executor(workers).submit(kernel, *pointers, start, stop, *sizes)
+            for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
+            if stop > start
+        ]
+        failed = [future.result() for future in futures]
+    if any(failed):
+        raise MemoryError(f"{kernel.__name__}: could not allocate its work buffers")
