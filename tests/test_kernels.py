@@ -238,7 +238,9 @@ def test_native_kernels_build_into_a_fresh_cache_and_fall_back_without_a_compile
     monkeypatch.setenv("DART_KERNEL_CACHE", str(tmp_path / "cache"))
     built = native.build()
     assert built.parent == tmp_path / "cache" and built.stat().st_size > 0
-    assert native.build() == built  # cached: same key, no rebuild
+    stamp = built.stat().st_mtime_ns
+    assert native.build() == built and built.stat().st_mtime_ns == stamp  # cached: same key, not rebuilt
+    assert sorted(p.name for p in built.parent.iterdir()) == [built.name]  # no partial files left
     monkeypatch.setenv("CC", str(tmp_path / "no-such-compiler"))
     monkeypatch.setattr(native, "_load", native._load.__wrapped__)  # bypass the process-wide cache
     monkeypatch.setattr(native, "_warned", type(native._warned)())
@@ -255,6 +257,7 @@ def test_native_kernels_split_the_batch_between_threads():
     cotangent = torch.randn(5, 4, 2, 3, 3)
     results = []
     threads = torch.get_num_threads()
+    native._forget_pool()
     try:
         for count in (1, 2):
             torch.set_num_threads(count)
@@ -262,6 +265,7 @@ def test_native_kernels_split_the_batch_between_threads():
             results.append((out, *torch.autograd.grad((out * cotangent).sum(), inputs)))
     finally:
         torch.set_num_threads(threads)
+    assert native._pool is not None and native._pool[0] == 2  # the second run did split the batch
     for one, two in zip(*results, strict=True):
         assert torch.equal(one, two)
 
@@ -280,7 +284,8 @@ def test_native_thread_pool_survives_fork():
     torch.set_num_threads(2)
     try:
         images, line_y, sample_x = random_case(4, 1, 6, 5, 2, 3, 2, seed=3)
-        want = sample_strip_patches(images, line_y, sample_x, "native").sum().item()  # the pool now exists
+        for _ in range(20):  # many calls: the pool's threads are all idle, so a child reusing it would hang
+            want = sample_strip_patches(images, line_y, sample_x, "native").sum().item()
         context = multiprocessing.get_context("fork")
         queue = context.Queue()
         child = context.Process(target=_sample_in_child, args=(queue,), daemon=True)
@@ -393,13 +398,15 @@ def test_interval_integral_both_paths_match_the_oracle(shuffle):
 
 
 def test_interval_integral_native_gradients():
-    """gradcheck (float64) and equal gradients with the running-integral path, clamped points included."""
+    """gradcheck and gradgradcheck (float64), and equal gradients with the running-integral path,
+    clamped points included."""
     from dart_core.intervals import running_integral_at
     from dart_core.kernels.interval_native import interval_integral as native_integral
 
     values, points = integral_case(2, 5, 4, 3, seed=32, shuffle=True)
     inputs = (values.requires_grad_(), points.requires_grad_())
     assert torch.autograd.gradcheck(native_integral, inputs, eps=1e-7, atol=1e-6)
+    assert torch.autograd.gradgradcheck(native_integral, inputs, eps=1e-7, atol=1e-6)  # create_graph=True works
     cotangent = torch.randn(2, 4, 3, dtype=torch.float64)
     running = running_integral_at(*inputs)
     want = torch.autograd.grad(((running[:, 1:] - running[:, :-1]) * cotangent).sum(), inputs)
@@ -419,3 +426,71 @@ def test_interval_integral_native_matches_running_integral_on_any_shape(batch, c
     running = running_integral_at(values, points)
     tol = 1e-12 if dtype == torch.float64 else 2e-5 * cells
     torch.testing.assert_close(native_integral(values, points), running[:, 1:] - running[:, :-1], rtol=0, atol=tol)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_non_finite_and_far_positions(backend):
+    """NaN / inf positions give NaN values on every backend (no crash, no silent zero); far finite
+    positions read the zero padding; the other samples are untouched."""
+    images, line_y, sample_x = random_case(1, 2, 6, 5, 2, 3, 3, seed=41)
+    want = sample_strip_patches(images, line_y, sample_x, backend)
+    bad_x = sample_x.clone()
+    bad_x[0, 0, 1], bad_x[0, 1, 0], bad_x[0, 2, 2] = float("nan"), float("inf"), 1e30
+    got = sample_strip_patches(images, line_y, bad_x, backend)
+    assert torch.isnan(got[0, 0, :, :, 1]).all() and torch.isnan(got[0, 1, :, :, 0]).all()
+    assert torch.all(got[0, 2, :, :, 2] == 0)
+    keep = torch.ones_like(got, dtype=torch.bool)
+    keep[0, 0, :, :, 1] = keep[0, 1, :, :, 0] = keep[0, 2, :, :, 2] = False
+    torch.testing.assert_close(got[keep], want[keep], rtol=0, atol=1e-12)
+    bad_y = line_y.clone()
+    bad_y[0, 1, 2] = float("nan")  # line 2 of row 1
+    got = sample_strip_patches(images, bad_y, sample_x, backend)
+    row_of = (sample_x[0].floor() // images.shape[3]).long()  # (N, P) the row each left tap reads
+    reads_row_1 = (row_of == 1) | ((sample_x[0].floor() + 1) // images.shape[3] == 1)
+    assert torch.isnan(got[0, :, :, 2][reads_row_1.unsqueeze(1).expand(-1, 2, -1)]).all()
+
+
+def test_empty_shapes_raise_clear_errors():
+    for backend in ("torch", "native"):
+        with pytest.raises(ValueError, match="nothing to sample"):
+            sample_strip_patches(torch.randn(1, 1, 0, 4), torch.rand(1, 2, 2), torch.rand(1, 3, 2) * 7, backend)
+    from dart_core.intervals import interval_integral
+
+    with pytest.raises(ValueError, match="no cells"):
+        interval_integral(torch.randn(2, 0, 3), torch.rand(2, 4))
+
+
+def test_interval_kernel_checks_its_inputs():
+    """The C code reads raw memory: the op refuses shapes, batches and dtypes it cannot take."""
+    from dart_core.kernels.interval_native import interval_integral as native_integral
+
+    points = torch.tensor([[0.0, 1.0, 2.5]], dtype=torch.float64)
+    with pytest.raises(ValueError, match="one batch size"):
+        native_integral(torch.ones(1, 4, 2, dtype=torch.float64), points.expand(3, -1))
+    with pytest.raises(ValueError, match="share a dtype"):
+        native_integral(torch.ones(1, 4, 2, dtype=torch.float32), points)
+    with pytest.raises(ValueError, match="share a dtype"):
+        native_integral(torch.ones(1, 4, 2, dtype=torch.float16), points.half())
+
+
+def test_interval_integral_nan_points_and_gradients_at_the_ends():
+    """A NaN end gives a NaN integral on both paths; at exactly 0 and n the clamp passes no
+    gradient (torch.clamp's convention), on both paths."""
+    from dart_core.intervals import running_integral_at
+    from dart_core.kernels.interval_native import interval_integral as native_integral
+
+    def both(values, points):
+        running = running_integral_at(values, points)
+        return {"native": native_integral(values, points), "torch": running[:, 1:] - running[:, :-1]}
+
+    values = torch.randn(1, 3, 2, dtype=torch.float64)
+    for name, out in both(values, torch.tensor([[0.5, float("nan"), 2.0, 2.5]], dtype=torch.float64)).items():
+        assert torch.isnan(out[0, :2]).all() and torch.isfinite(out[0, 2]).all(), name
+    values.requires_grad_()
+    points = torch.tensor([[0.0, 1.0, 2.0, 3.0, 1.5]], dtype=torch.float64, requires_grad=True)
+    cotangent = torch.randn(1, 4, 2, dtype=torch.float64)
+    grads = {name: torch.autograd.grad((out * cotangent).sum(), (values, points))
+             for name, out in both(values, points).items()}
+    torch.testing.assert_close(grads["native"], grads["torch"], rtol=0, atol=1e-12)
+    assert grads["native"][1][0, 0] == 0 and grads["native"][1][0, 3] == 0  # the ends 0 and n
+    assert grads["native"][1][0, 1] != 0 and grads["native"][1][0, 4] != 0

@@ -43,7 +43,7 @@ def running_integral_at(values: torch.Tensor, points: torch.Tensor) -> torch.Ten
         raise ValueError(f"values has batch {shared}; expected 1 or the points' batch {batch}")
     points = points.to(values.dtype).clamp(0.0, float(cells))
     totals = torch.nn.functional.pad(values.cumsum(dim=1), (0, 0, 1, 0))  # (B or 1, n + 1, D)
-    cell = points.detach().floor().long().clamp(max=cells - 1)
+    cell = points.detach().floor().nan_to_num(0.0).long().clamp(max=cells - 1)  # a NaN point: a NaN integral
     inside = (points - cell.to(points.dtype)).unsqueeze(-1)
     # Row selects on the flattened (sample, cell) axis: a memcpy of D values per point.
     sample = torch.arange(batch, device=cell.device)[:, None] if shared > 1 else 0
@@ -57,7 +57,8 @@ def interval_integral(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor
 
     Args:
         values: (B, n, D) the signal on unit cells (or (1, n, D), shared by the batch).
-        edges: (B, K + 1) interval boundaries in cell units (clamped to [0, n]).
+        edges: (B, K + 1) interval boundaries in cell units (clamped to [0, n]; an interval
+            with a NaN end integrates to NaN).
 
     Returns:
         (B, K, D) the integrals, in ``values``' dtype; differentiable in both inputs.
@@ -65,6 +66,8 @@ def interval_integral(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor
     batch = edges.shape[0]
     if values.shape[0] not in (1, batch):
         raise ValueError(f"values has batch {values.shape[0]}; expected 1 or the points' batch {batch}")
+    if values.shape[1] < 1:
+        raise ValueError(f"the signal has no cells: values {tuple(values.shape)}")
     if values.device.type == "cpu" and values.dtype in native.SUFFIXES and native.available(warn=True):
         return native_interval_integral(values.expand(batch, -1, -1), edges.to(values.dtype))
     integral = running_integral_at(values, edges)

@@ -5,13 +5,14 @@
  * on a slice [b0, b1) of the batch, so the caller can split a batch between threads (ctypes
  * releases the GIL); within a slice nothing is shared with another slice.
  *
- * Index conventions are those of patch_torch.py:
+ * Index conventions are those of patch_torch.py (patch_function.py guarantees the ranges, so no
+ * index is ever out of bounds or overflows; NaN positions give NaN values, as in PyTorch):
  *   images       (B, C, H, W)
- *   line_top     (B, R, P) int64   upper image line of line k of row r
+ *   line_top     (B, R, P) int64   upper image line of line k of row r, in [0, H - 1]
  *   line_frac    (B, R, P)         blend towards line min(top + 1, H - 1)
- *   sample_left  (B, M) int64      left strip column of sample m = n * P + t; the strip has S = R * W
- *                                  columns, column s is image column s % W of row s / W, columns
- *                                  outside [0, S) read as zero
+ *   sample_left  (B, M) int64      left strip column of sample m = n * P + t, in [-2, S + 1]; the
+ *                                  strip has S = R * W columns, column s is image column s % W of
+ *                                  row s / W, columns outside [0, S) read as zero
  *   sample_frac  (B, M)            blend towards column left + 1
  *   patches      (B, N, C, P, P)   [b, n, c, k, t] = line k, sample t of token n
  *
@@ -61,8 +62,8 @@ static void scratch_free(Scratch *scratch) {
 }
 
 static int scratch_init(Scratch *scratch, int64_t samples, int64_t width, size_t element) {
-    scratch->segments = malloc(sizeof(Segment) * (size_t)samples);
-    scratch->columns = malloc(sizeof(int32_t) * (size_t)samples);
+    scratch->segments = malloc(sizeof(Segment) * (size_t)(samples + 1)); /* + 1: never malloc(0) */
+    scratch->columns = malloc(sizeof(int32_t) * (size_t)(samples + 1));
     scratch->line = malloc(element * 2 * (size_t)width);
     if (scratch->segments && scratch->columns && scratch->line) return 0;
     scratch_free(scratch);
@@ -77,7 +78,7 @@ static int64_t find_segments(const Geometry *geo, Scratch *scratch) {
         for (int64_t t = 0; t < geo->lines; ++t) {
             int64_t m = n * geo->lines + t, s = geo->left[m];
             int64_t row = s >= 0 ? s / geo->width : -1, col = s - row * geo->width;
-            if (s < 0 || s + 1 >= length || col + 1 >= geo->width) {
+            if (s < 0 || s >= length - 1 || col + 1 >= geo->width) {
                 scratch->columns[m] = -1;
                 continue;
             }

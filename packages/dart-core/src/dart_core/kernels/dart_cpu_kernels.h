@@ -107,10 +107,14 @@ int NAME(dart_patch_forward)(const T *images, const int64_t *line_top, const T *
                 for (int64_t k = 0; k < lines; ++k) {
                     T value = 0;
                     for (int64_t j = 0; j < 2; ++j) {
-                        int64_t s = geo.left[m] + j, row, upper, lower;
-                        if (s < 0 || s >= rows * width) continue;
-                        T fy, spread, up = NAME(strip_tap)(image, &geo, s, c, k, &row, &upper, &lower, &fy, &spread);
-                        value += (j ? fx[m] : 1 - fx[m]) * (up + fy * spread);
+                        int64_t s = geo.left[m], row, upper, lower;
+                        T weight = j ? fx[m] : 1 - fx[m], strip = 0; /* zero padding; a NaN weight stays NaN */
+                        if (s >= -j && s < rows * width - j) { /* tap s + j inside, without overflow */
+                            s += j;
+                            T fy, spread, up = NAME(strip_tap)(image, &geo, s, c, k, &row, &upper, &lower, &fy, &spread);
+                            strip = up + fy * spread;
+                        }
+                        value += weight * strip;
                     }
                     out[n * patch + (c * lines + k) * lines + t] = value;
                 }
@@ -173,8 +177,9 @@ int NAME(dart_patch_backward)(const T *grad_patches, const T *images, const int6
                 for (int64_t k = 0; k < lines; ++k) {
                     T g = grad[n * patch + (c * lines + k) * lines + t];
                     for (int64_t j = 0; j < 2; ++j) {
-                        int64_t s = geo.left[m] + j, row, upper, lower;
-                        if (s < 0 || s >= rows * width) continue;
+                        int64_t s = geo.left[m], row, upper, lower;
+                        if (s < -j || s >= rows * width - j) continue; /* tap s + j outside */
+                        s += j;
                         T fy, spread, up = NAME(strip_tap)(image, &geo, s, c, k, &row, &upper, &lower, &fy, &spread);
                         T weight = j ? fx[m] : 1 - fx[m];
                         gsample[m] += (j ? g : -g) * (up + fy * spread);
@@ -192,7 +197,8 @@ int NAME(dart_patch_backward)(const T *grad_patches, const T *images, const int6
 }
 
 /* The cells [first, last] that the interval between points p0 and p1 covers, and its ends a <= e,
- * all clamped to [0, L] (a NaN point reads as 0). Returns the integral's sign: -1 when p1 < p0. */
+ * all clamped to [0, L] (a NaN point reads as 0: callers check for NaN first). Returns the
+ * integral's sign: -1 when p1 < p0. */
 static inline T NAME(interval_cells)(T p0, T p1, int64_t cells, int64_t *first, int64_t *last, T *a, T *e) {
     T lo = p0 >= 0 ? (p0 < (T)cells ? p0 : (T)cells) : 0;
     T hi = p1 >= 0 ? (p1 < (T)cells ? p1 : (T)cells) : 0;
@@ -220,6 +226,10 @@ int NAME(dart_interval_integral)(const T *values, const T *points, T *out, int64
             T *o = out + (b * count + k) * dim, a, e;
             int64_t first, last;
             T sign = NAME(interval_cells)(p[k], p[k + 1], cells, &first, &last, &a, &e);
+            if (p[k] != p[k] || p[k + 1] != p[k + 1]) { /* a NaN end: a NaN integral, as in the PyTorch path */
+                for (int64_t d = 0; d < dim; ++d) o[d] = p[k] + p[k + 1];
+                continue;
+            }
             for (int64_t d = 0; d < dim; ++d) o[d] = 0;
             for (int64_t i = first; i <= last; ++i) {
                 T weight = sign * NAME(cell_overlap)(i, first, last, a, e);
@@ -231,7 +241,9 @@ int NAME(dart_interval_integral)(const T *values, const T *points, T *out, int64
 }
 
 /* Gradients of dart_interval_integral: grad_values (B, L, D) and grad_points (B, K + 1), both
- * overwritten. A point's derivative is the signal at it (zero where the clamp holds it). */
+ * overwritten. A point's derivative is the signal at it, zero where the clamp holds it, the ends 0
+ * and L included (torch.clamp's convention, which the PyTorch path inherits). Intervals with a NaN
+ * end pass nothing back to the values. */
 int NAME(dart_interval_integral_backward)(const T *grad_out, const T *values, const T *points, T *grad_values,
                                           T *grad_points, int64_t b0, int64_t b1, int64_t cells, int64_t count,
                                           int64_t dim) {
@@ -242,7 +254,7 @@ int NAME(dart_interval_integral_backward)(const T *grad_out, const T *values, co
         memset(gv, 0, sizeof(T) * cells * dim);
         for (int64_t k = 0; k <= count; ++k) {
             gp[k] = 0;
-            if (!(p[k] >= 0 && p[k] <= (T)cells)) continue;
+            if (!(p[k] > 0 && p[k] < (T)cells)) continue;
             int64_t cell = (int64_t)p[k] < cells - 1 ? (int64_t)p[k] : cells - 1;
             for (int64_t d = 0; d < dim; ++d) {
                 T outer = (k > 0 ? g[(k - 1) * dim + d] : 0) - (k < count ? g[k * dim + d] : 0);
@@ -253,6 +265,7 @@ int NAME(dart_interval_integral_backward)(const T *grad_out, const T *values, co
             T a, e;
             int64_t first, last;
             T sign = NAME(interval_cells)(p[k], p[k + 1], cells, &first, &last, &a, &e);
+            if (p[k] != p[k] || p[k + 1] != p[k + 1]) continue;
             for (int64_t i = first; i <= last; ++i) {
                 T weight = sign * NAME(cell_overlap)(i, first, last, a, e);
                 for (int64_t d = 0; d < dim; ++d) gv[i * dim + d] += weight * g[k * dim + d];

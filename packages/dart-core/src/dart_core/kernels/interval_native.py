@@ -18,9 +18,29 @@ def _sizes(values: torch.Tensor, points: torch.Tensor) -> tuple[int, int, int]:
     return values.shape[1], points.shape[1] - 1, values.shape[2]
 
 
-@torch.library.custom_op("dart_core::interval_integral", mutates_args=())
+def check_inputs(values: torch.Tensor, points: torch.Tensor) -> None:
+    """Raise unless the kernel can take these: (B, L ≥ 1, D) values and (B, K + 1 ≥ 1) points, both
+    CPU and of one dtype, float32 or float64 (the C code reads raw memory: nothing is left unchecked)."""
+    if values.dim() != 3 or points.dim() != 2 or values.shape[0] != points.shape[0]:
+        raise ValueError(
+            f"expected values (B, L, D) and points (B, K + 1) with one batch size; got {tuple(values.shape)} and "
+            f"{tuple(points.shape)} (expand a shared (1, L, D) signal to the batch first)"
+        )
+    if values.shape[1] < 1 or points.shape[1] < 1:
+        raise ValueError(f"need at least one cell and one point; got values {tuple(values.shape)}, points "
+                         f"{tuple(points.shape)}")
+    if values.dtype != points.dtype or values.dtype not in native.SUFFIXES:
+        raise ValueError(f"values and points must share a dtype, float32 or float64; got {values.dtype} and "
+                         f"{points.dtype}")
+
+
+@torch.library.custom_op("dart_core::interval_integral", mutates_args=(), device_types="cpu")
 def interval_integral(values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
-    """(B, L, D) values, (B, K + 1) points (same dtype, float32/64, CPU) → (B, K, D) integrals."""
+    """(B, L, D) values, (B, K + 1) points (same dtype, float32/64, CPU) → (B, K, D) integrals.
+
+    The backward is a kernel of its own; under ``create_graph=True`` it differentiates the PyTorch
+    formulation instead, so second derivatives exist."""
+    check_inputs(values, points)
     values, points = values.contiguous(), points.contiguous()
     out = values.new_empty(points.shape[0], points.shape[1] - 1, values.shape[2])
     native.run_batched(
@@ -35,11 +55,14 @@ def _(values, points):
     return values.new_empty(points.shape[0], points.shape[1] - 1, values.shape[2])
 
 
-@torch.library.custom_op("dart_core::interval_integral_backward", mutates_args=())
+@torch.library.custom_op("dart_core::interval_integral_backward", mutates_args=(), device_types="cpu")
 def interval_integral_backward(
     grad: torch.Tensor, values: torch.Tensor, points: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients to (values (B, L, D), points (B, K + 1)) from the (B, K, D) output gradient."""
+    check_inputs(values, points)
+    if grad.shape != (points.shape[0], points.shape[1] - 1, values.shape[2]) or grad.dtype != values.dtype:
+        raise ValueError(f"gradient {tuple(grad.shape)} {grad.dtype} does not match the integrals")
     grad, values, points = grad.contiguous(), values.contiguous(), points.contiguous()
     grad_values, grad_points = torch.empty_like(values), torch.empty_like(points)
     native.run_batched(
@@ -60,7 +83,16 @@ def _setup_context(ctx, inputs, output):
 
 def _backward(ctx, grad):
     values, points = ctx.saved_tensors
-    return interval_integral_backward(grad, values, points)
+    if not torch.is_grad_enabled():
+        return interval_integral_backward(grad, values, points)
+    # create_graph=True (second derivatives, e.g. a gradient penalty): differentiate the PyTorch
+    # formulation, whose backward is itself differentiable. Same first derivatives.
+    from ..intervals import running_integral_at  # (intervals imports this module)
+
+    wanted = [tensor for tensor in (values, points) if tensor.requires_grad]
+    running = running_integral_at(values, points)
+    found = iter(torch.autograd.grad(running[:, 1:] - running[:, :-1], wanted, grad, create_graph=True))
+    return tuple(next(found) if tensor.requires_grad else None for tensor in (values, points))
 
 
 interval_integral.register_autograd(_backward, setup_context=_setup_context)

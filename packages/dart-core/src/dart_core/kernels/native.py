@@ -20,6 +20,7 @@ import functools
 import hashlib
 import os
 import platform
+import shlex
 import shutil
 import subprocess
 import tempfile
@@ -61,14 +62,15 @@ def cache_dir() -> Path:
     return Path(root) if root else Path.home() / ".cache" / "dart_core"
 
 
-def _compiler() -> str:
-    compiler = os.environ.get("CC", "cc")
-    if shutil.which(compiler) is None:
+def _compiler() -> list[str]:
+    """The compiler command (``$CC`` may carry arguments, e.g. ``ccache cc``)."""
+    command = shlex.split(os.environ.get("CC", "cc"))
+    if not command or shutil.which(command[0]) is None:
         raise NativeUnavailable(
-            f"no C compiler ({compiler!r} not found): install gcc or clang, or set CC, to build DART's CPU "
-            "kernels; the PyTorch path (backend='torch') needs none"
+            f"no C compiler ({os.environ.get('CC', 'cc')!r} not found): install gcc or clang, or set CC, to build "
+            "DART's CPU kernels; the PyTorch path (backend='torch') needs none"
         )
-    return compiler
+    return command
 
 
 def build() -> Path:
@@ -78,19 +80,26 @@ def build() -> Path:
     digest = hashlib.sha256()
     for name in SOURCES:
         digest.update((here / name).read_bytes())
-    digest.update(" ".join((compiler, *FLAGS, _cpu_signature())).encode())
+    digest.update(" ".join((*compiler, *FLAGS, _cpu_signature())).encode())
     target = cache_dir() / f"dart_cpu-{digest.hexdigest()[:16]}.so"
     if target.exists():
         return target
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, partial = tempfile.mkstemp(suffix=".so", dir=target.parent)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, partial = tempfile.mkstemp(prefix=f"{target.stem}-", suffix=".partial", dir=target.parent)
+    except OSError as error:
+        raise NativeUnavailable(
+            f"cannot write DART's kernel cache {target.parent} ({error}); set DART_KERNEL_CACHE to a writable "
+            "directory"
+        ) from error
     os.close(handle)
     try:
-        result = subprocess.run(
-            [compiler, *FLAGS, "-o", partial, str(here / "dart_cpu.c")], capture_output=True, text=True
-        )
+        result = subprocess.run([*compiler, *FLAGS, "-o", partial, str(here / "dart_cpu.c")],
+                                capture_output=True, text=True)
         if result.returncode != 0:
-            raise NativeUnavailable(f"building DART's CPU kernels failed ({compiler}):\n{result.stderr.strip()}")
+            raise NativeUnavailable(
+                f"building DART's CPU kernels failed ({' '.join(compiler)}):\n{result.stderr.strip()}"
+            )
         os.replace(partial, target)
     finally:
         if os.path.exists(partial):
@@ -167,19 +176,21 @@ _pool_lock = threading.Lock()
 
 
 def _forget_pool() -> None:
-    """A forked child (e.g. a DataLoader worker) inherits the pool object but not its threads."""
-    global _pool
-    _pool = None
+    """A forked child (e.g. a DataLoader worker) inherits the pool and its lock but not the threads."""
+    global _pool, _pool_lock
+    _pool, _pool_lock = None, threading.Lock()
 
 
 os.register_at_fork(after_in_child=_forget_pool)
 
 
 def _executor(workers: int) -> ThreadPoolExecutor:
-    """A shared pool with at least ``workers`` threads."""
+    """A shared pool with at least ``workers`` threads (a smaller one is shut down and replaced)."""
     global _pool
     with _pool_lock:
         if _pool is None or _pool[0] < workers:
+            if _pool is not None:
+                _pool[1].shutdown(wait=False)
             _pool = (workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dart_cpu"))
         return _pool[1]
 

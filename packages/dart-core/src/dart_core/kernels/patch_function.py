@@ -148,7 +148,8 @@ def sample_strip_patches(
         line_y: (B, R, P) heights of the P lines of each row, pixel-index coordinates; clamped to
             [0, H - 1] (border padding).
         sample_x: (B, N, P) positions on the strip of the R rows laid side by side (S = R·W
-            columns, pixel-index coordinates); columns outside [0, S) read as zero.
+            columns, pixel-index coordinates); columns outside [0, S) read as zero. A NaN or
+            infinite position gives NaN values (every backend).
         backend: ``"auto"`` (Triton for CUDA tensors, the compiled C kernels for CPU tensors),
             ``"torch"``, ``"triton"`` or ``"native"`` (see :func:`resolve_backend`).
 
@@ -166,14 +167,22 @@ def sample_strip_patches(
             f"batch sizes and patch sizes must agree: images {tuple(images.shape)}, line_y "
             f"{tuple(line_y.shape)}, sample_x {tuple(sample_x.shape)}"
         )
+    if min(images.shape[2:]) < 1 or min(line_y.shape[1:]) < 1:
+        raise ValueError(
+            f"nothing to sample: images {tuple(images.shape)} and line_y {tuple(line_y.shape)} need at least one "
+            "pixel per side, one row and one line per row"
+        )
     backend = resolve_backend(images.device, backend)
-    height = images.shape[2]
+    height, length = images.shape[2], line_y.shape[1] * images.shape[3]
     dtype = compute_dtype(images.dtype)
+    # The integer taps are clamped into ranges every backend indexes safely (lines to the image,
+    # x taps to just past the strip, where they read zero either way); a NaN position keeps its
+    # NaN fraction, so its values come out NaN on every backend, with no host sync to check.
     y = line_y.clamp(0.0, float(height - 1))
-    line_top = y.detach().floor().long()
+    line_top = y.detach().floor().nan_to_num(0.0).long()
     line_frac = (y - line_top.to(y.dtype)).to(dtype)
     x = sample_x.flatten(1)
-    sample_left = x.detach().floor().long()
+    sample_left = x.detach().floor().clamp(-2.0, length + 1.0).nan_to_num(-2.0).long()
     sample_frac = (x - sample_left.to(x.dtype)).to(dtype)
     return PatchSample.apply(
         images.contiguous(), line_top.contiguous(), line_frac.contiguous(), sample_left, sample_frac.contiguous(),

@@ -19,14 +19,8 @@ def _sizes(images: torch.Tensor, line_top: torch.Tensor, sample_left: torch.Tens
     return channels, height, width, rows, lines, sample_left.shape[1] // lines
 
 
-def patch_sample_forward(
-    images: torch.Tensor,
-    line_top: torch.Tensor,
-    line_frac: torch.Tensor,
-    sample_left: torch.Tensor,
-    sample_frac: torch.Tensor,
-) -> torch.Tensor:
-    """(B, C, H, W) images → (B, N, C, P, P) patches in the images' dtype."""
+def patch_sample_forward(images, line_top, line_frac, sample_left, sample_frac) -> torch.Tensor:
+    """(B, C, H, W) images → (B, N, C, P, P) patches in the images' dtype (contract of :mod:`.patch_torch`)."""
     dtype = line_frac.dtype
     work = images.to(dtype).contiguous()
     sizes = _sizes(images, line_top, sample_left)
@@ -39,15 +33,7 @@ def patch_sample_forward(
     return out.to(images.dtype)
 
 
-def patch_sample_backward(
-    grad_patches: torch.Tensor,
-    images: torch.Tensor,
-    line_top: torch.Tensor,
-    line_frac: torch.Tensor,
-    sample_left: torch.Tensor,
-    sample_frac: torch.Tensor,
-    need_images: bool,
-) -> tuple[torch.Tensor | None, torch.Tensor, torch.Tensor]:
+def patch_sample_backward(grad_patches, images, line_top, line_frac, sample_left, sample_frac, need_images):
     """Gradients: images (B, C, H, W) or None, line_frac (B, R, P), sample_frac (B, M)."""
     dtype = line_frac.dtype
     work = images.to(dtype).contiguous()
