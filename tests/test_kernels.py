@@ -8,6 +8,8 @@ them (Triton reads it when a kernel is decorated, so it must precede every impor
 """
 
 
+import os
+
 import pytest
 import reference_dart as ref
 import torch
@@ -274,6 +276,22 @@ def _sample_in_child(queue):
     torch.set_num_threads(2)
     images, line_y, sample_x = random_case(4, 1, 6, 5, 2, 3, 2, seed=3)
     queue.put(sample_strip_patches(images, line_y, sample_x, "native").sum().item())
+
+
+def test_native_cache_falls_back_to_a_private_temporary_directory(tmp_path, monkeypatch):
+    """An unwritable user cache falls back to a per-user temporary directory, which must be ours alone."""
+    blocked = tmp_path / "file"
+    blocked.write_text("not a directory")
+    monkeypatch.delenv("DART_KERNEL_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(blocked))  # <file>/dart_core cannot be created
+    monkeypatch.setattr(native.tempfile, "gettempdir", lambda: str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    built = native.build()
+    assert built.parent == tmp_path / "tmp" / f"dart_core-{os.getuid()}"
+    assert built.parent.stat().st_mode & 0o777 == 0o700
+    built.parent.chmod(0o777)  # as if another user could write there: refuse it
+    with pytest.raises(native.NativeUnavailable, match="not owned by this user alone"):
+        native.build()
 
 
 def test_native_thread_pool_survives_fork():

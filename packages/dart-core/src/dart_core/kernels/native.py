@@ -1,9 +1,8 @@
 """Build, load and call DART's compiled CPU kernels (``dart_cpu.c``).
 
 The C source ships with the package and is compiled on first use with the system C compiler
-(``$CC``, else ``cc``) into a per-user cache (``$DART_KERNEL_CACHE``, else
-``~/.cache/dart_core``), keyed by a hash of the sources, the flags and the CPU's instruction
-sets, so a home directory shared by different machines never loads a library built for another
+(``$CC``, else ``cc``) into a per-user cache (:func:`cache_dirs`), keyed by a hash of the
+sources, the flags and the CPU's instruction sets, so a home directory shared by different machines never loads a library built for another
 CPU. Processes that build at once (``torchrun``) each write a private file and rename it into
 place. Without a compiler the library is unavailable and the ``"auto"`` backend falls back to
 the PyTorch path with one warning; ``backend="native"`` raises with the compiler's message.
@@ -56,10 +55,23 @@ def _cpu_signature() -> str:
     return "\n".join(sorted(set(keep)))
 
 
-def cache_dir() -> Path:
-    """Where built libraries are kept."""
+def cache_dirs() -> list[Path]:
+    """Where built libraries may be kept, in order: ``$DART_KERNEL_CACHE`` alone when set, else
+    ``$XDG_CACHE_HOME/dart_core`` (``~/.cache/dart_core``), then a per-user temporary directory."""
     root = os.environ.get("DART_KERNEL_CACHE")
-    return Path(root) if root else Path.home() / ".cache" / "dart_core"
+    if root:
+        return [Path(root)]
+    user_cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "dart_core"
+    uid = os.getuid() if hasattr(os, "getuid") else "user"
+    return [user_cache, Path(tempfile.gettempdir()) / f"dart_core-{uid}"]
+
+
+def _trusted(directory: Path) -> bool:
+    """Whether a shared-temp cache directory is ours alone (another user could plant a library)."""
+    if not hasattr(os, "getuid") or not directory.is_relative_to(tempfile.gettempdir()):
+        return True
+    info = directory.stat()
+    return info.st_uid == os.getuid() and not info.st_mode & 0o022
 
 
 def _compiler() -> list[str]:
@@ -81,17 +93,26 @@ def build() -> Path:
     for name in SOURCES:
         digest.update((here / name).read_bytes())
     digest.update(" ".join((*compiler, *FLAGS, _cpu_signature())).encode())
-    target = cache_dir() / f"dart_cpu-{digest.hexdigest()[:16]}.so"
-    if target.exists():
-        return target
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        handle, partial = tempfile.mkstemp(prefix=f"{target.stem}-", suffix=".partial", dir=target.parent)
-    except OSError as error:
+    name = f"dart_cpu-{digest.hexdigest()[:16]}.so"
+    problems = []
+    for directory in cache_dirs():
+        target = directory / name
+        try:
+            directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+            if not _trusted(directory):
+                problems.append(f"{directory}: not owned by this user alone")
+                continue
+            if target.exists():
+                return target
+            handle, partial = tempfile.mkstemp(prefix=f"{target.stem}-", suffix=".partial", dir=directory)
+            break
+        except OSError as error:
+            problems.append(f"{directory}: {error}")
+    else:
         raise NativeUnavailable(
-            f"cannot write DART's kernel cache {target.parent} ({error}); set DART_KERNEL_CACHE to a writable "
-            "directory"
-        ) from error
+            f"no writable cache for DART's CPU kernels ({'; '.join(problems)}); set DART_KERNEL_CACHE to a "
+            "writable directory"
+        )
     os.close(handle)
     try:
         result = subprocess.run([*compiler, *FLAGS, "-o", partial, str(here / "dart_cpu.c")],
