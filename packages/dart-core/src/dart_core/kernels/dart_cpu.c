@@ -2,8 +2,10 @@
  *
  * Plain C (no Python or torch headers): dart_core.kernels.native compiles this file once per
  * machine and calls it through ctypes on contiguous tensors' data pointers. Every function works
- * on a slice [b0, b1) of the batch, so the caller can split a batch between threads (ctypes
- * releases the GIL); within a slice nothing is shared with another slice.
+ * on a slice [b0, b1) of the batch and, built with OpenMP, splits it between threads, one image
+ * per iteration (nothing is shared between images). Built with -fopenmp, the library binds to
+ * the libgomp.so.1 that torch has already loaded, so it uses torch's OpenMP threads and thread
+ * count (torch.set_num_threads) instead of starting threads of its own.
  *
  * Index conventions are those of patch_torch.py (patch_function.py guarantees the ranges, so no
  * index is ever out of bounds or overflows; NaN positions give NaN values, as in PyTorch):
@@ -61,12 +63,16 @@ static void scratch_free(Scratch *scratch) {
     free(scratch->line);
 }
 
+/* Allocates one thread's work memory; on failure frees it all (pointers NULL) and returns 1. */
 static int scratch_init(Scratch *scratch, int64_t samples, int64_t width, size_t element) {
     scratch->segments = malloc(sizeof(Segment) * (size_t)(samples + 1)); /* + 1: never malloc(0) */
     scratch->columns = malloc(sizeof(int32_t) * (size_t)(samples + 1));
     scratch->line = malloc(element * 2 * (size_t)width);
     if (scratch->segments && scratch->columns && scratch->line) return 0;
     scratch_free(scratch);
+    scratch->segments = NULL;
+    scratch->columns = NULL;
+    scratch->line = NULL;
     return 1;
 }
 
@@ -130,6 +136,15 @@ static Lines row_lines(const Geometry *geo, int64_t row, int64_t k, int64_t c) {
     int64_t below = line + 1 < geo->height ? line + 1 : geo->height - 1;
     Lines at = {(c * geo->height + line) * geo->width, (c * geo->height + below) * geo->width};
     return at;
+}
+
+/* 1 when built with OpenMP (the kernels then split the batch between threads themselves). */
+int dart_openmp(void) {
+#ifdef _OPENMP
+    return 1;
+#else
+    return 0;
+#endif
 }
 
 #define NAME(x) x##_f32

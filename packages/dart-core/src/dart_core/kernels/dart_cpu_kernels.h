@@ -73,56 +73,64 @@ int NAME(dart_patch_forward)(const T *images, const int64_t *line_top, const T *
                              int64_t b1, int64_t channels, int64_t height, int64_t width, int64_t rows,
                              int64_t lines, int64_t tokens) {
     const int64_t samples = tokens * lines, plane = height * width, patch = channels * lines * lines;
-    Scratch scratch;
-    if (scratch_init(&scratch, samples, width, sizeof(T))) return 1;
-    for (int64_t b = b0; b < b1; ++b) {
-        const T *image = images + b * channels * plane, *fx = sample_frac + b * samples;
-        T *out = patches + b * tokens * patch;
-        Geometry geo = {line_top + b * rows * lines, line_frac + b * rows * lines, sample_left + b * samples,
-                        height, width, rows, lines, tokens};
-        int64_t count = find_segments(&geo, &scratch);
-        for (int64_t i = 0; i < count;) { /* segments of one row: sweep each of its lines across them */
-            int64_t end = same_row_end(scratch.segments, i, count), row = scratch.segments[i].row;
-            Span span = column_span(&scratch, i, end, lines);
-            for (int64_t c = 0; c < channels; ++c) {
-                for (int64_t k = 0; k < lines; ++k) {
-                    Lines at = row_lines(&geo, row, k, c);
-                    T *line = scratch.line, fy = line_frac[b * rows * lines + row * lines + k];
-                    NAME(blend_rows)(image + at.upper, image + at.lower, fy, line, NULL, span.first, span.last);
-                    for (int64_t j = i; j < end; ++j) {
-                        const Segment *seg = &scratch.segments[j];
-                        int64_t m = seg->token * lines + seg->first;
-                        NAME(sample_line)(line, scratch.columns + m, fx + m,
-                                          out + seg->token * patch + (c * lines + k) * lines + seg->first,
-                                          seg->count);
-                    }
-                }
-            }
-            i = end;
-        }
-        for (int64_t m = 0; m < samples; ++m) { /* the samples left out: taps across a seam or outside */
-            if (scratch.columns[m] >= 0) continue;
-            int64_t n = m / lines, t = m - n * lines;
-            for (int64_t c = 0; c < channels; ++c) {
-                for (int64_t k = 0; k < lines; ++k) {
-                    T value = 0;
-                    for (int64_t j = 0; j < 2; ++j) {
-                        int64_t s = geo.left[m], row, upper, lower;
-                        T weight = j ? fx[m] : 1 - fx[m], strip = 0; /* zero padding; a NaN weight stays NaN */
-                        if (s >= -j && s < rows * width - j) { /* tap s + j inside, without overflow */
-                            s += j;
-                            T fy, spread, up = NAME(strip_tap)(image, &geo, s, c, k, &row, &upper, &lower, &fy, &spread);
-                            strip = up + fy * spread;
+    int failed = 0;
+#pragma omp parallel reduction(| : failed)
+    {
+        Scratch scratch;
+        int ready = !scratch_init(&scratch, samples, width, sizeof(T));
+        failed |= !ready;
+#pragma omp for schedule(static)
+        for (int64_t b = b0; b < b1; ++b) {
+            if (!ready) continue;
+            const T *image = images + b * channels * plane, *fx = sample_frac + b * samples;
+            T *out = patches + b * tokens * patch;
+            Geometry geo = {line_top + b * rows * lines, line_frac + b * rows * lines, sample_left + b * samples,
+                            height, width, rows, lines, tokens};
+            int64_t count = find_segments(&geo, &scratch);
+            for (int64_t i = 0; i < count;) { /* segments of one row: sweep each of its lines across them */
+                int64_t end = same_row_end(scratch.segments, i, count), row = scratch.segments[i].row;
+                Span span = column_span(&scratch, i, end, lines);
+                for (int64_t c = 0; c < channels; ++c) {
+                    for (int64_t k = 0; k < lines; ++k) {
+                        Lines at = row_lines(&geo, row, k, c);
+                        T *line = scratch.line, fy = line_frac[b * rows * lines + row * lines + k];
+                        NAME(blend_rows)(image + at.upper, image + at.lower, fy, line, NULL, span.first, span.last);
+                        for (int64_t j = i; j < end; ++j) {
+                            const Segment *seg = &scratch.segments[j];
+                            int64_t m = seg->token * lines + seg->first;
+                            NAME(sample_line)(line, scratch.columns + m, fx + m,
+                                              out + seg->token * patch + (c * lines + k) * lines + seg->first,
+                                              seg->count);
                         }
-                        value += weight * strip;
                     }
-                    out[n * patch + (c * lines + k) * lines + t] = value;
+                }
+                i = end;
+            }
+            for (int64_t m = 0; m < samples; ++m) { /* the samples left out: taps across a seam or outside */
+                if (scratch.columns[m] >= 0) continue;
+                int64_t n = m / lines, t = m - n * lines;
+                for (int64_t c = 0; c < channels; ++c) {
+                    for (int64_t k = 0; k < lines; ++k) {
+                        T value = 0;
+                        for (int64_t j = 0; j < 2; ++j) {
+                            int64_t s = geo.left[m], row, upper, lower;
+                            T weight = j ? fx[m] : 1 - fx[m], strip = 0; /* zero padding; a NaN weight stays NaN */
+                            if (s >= -j && s < rows * width - j) { /* tap s + j inside, without overflow */
+                                s += j;
+                                T fy, spread;
+                                T up = NAME(strip_tap)(image, &geo, s, c, k, &row, &upper, &lower, &fy, &spread);
+                                strip = up + fy * spread;
+                            }
+                            value += weight * strip;
+                        }
+                        out[n * patch + (c * lines + k) * lines + t] = value;
+                    }
                 }
             }
-        }
     }
     scratch_free(&scratch);
-    return 0;
+    }
+    return failed;
 }
 
 /* Gradients to line_frac (B, R, P), sample_frac (B, M) and, when grad_images is not NULL, the
@@ -133,67 +141,75 @@ int NAME(dart_patch_backward)(const T *grad_patches, const T *images, const int6
                               int64_t channels, int64_t height, int64_t width, int64_t rows,
                               int64_t lines, int64_t tokens) {
     const int64_t samples = tokens * lines, plane = height * width, patch = channels * lines * lines;
-    Scratch scratch;
-    if (scratch_init(&scratch, samples, width, sizeof(T))) return 1;
-    for (int64_t b = b0; b < b1; ++b) {
-        const T *image = images + b * channels * plane, *fx = sample_frac + b * samples;
-        const T *grad = grad_patches + b * tokens * patch;
-        T *gline = grad_line + b * rows * lines, *gsample = grad_sample + b * samples;
-        T *gimage = grad_images ? grad_images + b * channels * plane : NULL;
-        memset(gline, 0, sizeof(T) * rows * lines);
-        memset(gsample, 0, sizeof(T) * samples);
-        if (gimage) memset(gimage, 0, sizeof(T) * channels * plane);
-        Geometry geo = {line_top + b * rows * lines, line_frac + b * rows * lines, sample_left + b * samples,
-                        height, width, rows, lines, tokens};
-        int64_t count = find_segments(&geo, &scratch);
-        for (int64_t i = 0; i < count;) {
-            int64_t end = same_row_end(scratch.segments, i, count), row = scratch.segments[i].row;
-            Span span = column_span(&scratch, i, end, lines);
-            for (int64_t c = 0; c < channels; ++c) {
-                for (int64_t k = 0; k < lines; ++k) {
-                    Lines at = row_lines(&geo, row, k, c);
-                    T *line = scratch.line, *spread = line + width;
-                    T fy = line_frac[b * rows * lines + row * lines + k], line_sum = 0;
-                    NAME(blend_rows)(image + at.upper, image + at.lower, fy, line, spread, span.first, span.last);
-                    for (int64_t j = i; j < end; ++j) {
-                        const Segment *seg = &scratch.segments[j];
-                        int64_t m = seg->token * lines + seg->first;
-                        const T *g = grad + seg->token * patch + (c * lines + k) * lines + seg->first;
-                        line_sum += NAME(sample_line_backward)(line, spread, scratch.columns + m, fx + m, g,
-                                                               gsample + m, seg->count);
-                        if (gimage)
-                            NAME(sample_line_image_grad)(gimage + at.upper, gimage + at.lower, fy,
-                                                        scratch.columns + m, fx + m, g, seg->count);
-                    }
-                    gline[row * lines + k] += line_sum;
-                }
-            }
-            i = end;
-        }
-        for (int64_t m = 0; m < samples; ++m) {
-            if (scratch.columns[m] >= 0) continue;
-            int64_t n = m / lines, t = m - n * lines;
-            for (int64_t c = 0; c < channels; ++c) {
-                for (int64_t k = 0; k < lines; ++k) {
-                    T g = grad[n * patch + (c * lines + k) * lines + t];
-                    for (int64_t j = 0; j < 2; ++j) {
-                        int64_t s = geo.left[m], row, upper, lower;
-                        if (s < -j || s >= rows * width - j) continue; /* tap s + j outside */
-                        s += j;
-                        T fy, spread, up = NAME(strip_tap)(image, &geo, s, c, k, &row, &upper, &lower, &fy, &spread);
-                        T weight = j ? fx[m] : 1 - fx[m];
-                        gsample[m] += (j ? g : -g) * (up + fy * spread);
-                        gline[row * lines + k] += g * weight * spread;
-                        if (!gimage) continue;
-                        gimage[upper] += g * weight * (1 - fy);
-                        gimage[lower] += g * weight * fy;
+    int failed = 0;
+#pragma omp parallel reduction(| : failed)
+    {
+        Scratch scratch;
+        int ready = !scratch_init(&scratch, samples, width, sizeof(T));
+        failed |= !ready;
+#pragma omp for schedule(static)
+        for (int64_t b = b0; b < b1; ++b) {
+            if (!ready) continue;
+            const T *image = images + b * channels * plane, *fx = sample_frac + b * samples;
+            const T *grad = grad_patches + b * tokens * patch;
+            T *gline = grad_line + b * rows * lines, *gsample = grad_sample + b * samples;
+            T *gimage = grad_images ? grad_images + b * channels * plane : NULL;
+            memset(gline, 0, sizeof(T) * rows * lines);
+            memset(gsample, 0, sizeof(T) * samples);
+            if (gimage) memset(gimage, 0, sizeof(T) * channels * plane);
+            Geometry geo = {line_top + b * rows * lines, line_frac + b * rows * lines, sample_left + b * samples,
+                            height, width, rows, lines, tokens};
+            int64_t count = find_segments(&geo, &scratch);
+            for (int64_t i = 0; i < count;) {
+                int64_t end = same_row_end(scratch.segments, i, count), row = scratch.segments[i].row;
+                Span span = column_span(&scratch, i, end, lines);
+                for (int64_t c = 0; c < channels; ++c) {
+                    for (int64_t k = 0; k < lines; ++k) {
+                        Lines at = row_lines(&geo, row, k, c);
+                        T *line = scratch.line, *spread = line + width;
+                        T fy = line_frac[b * rows * lines + row * lines + k], line_sum = 0;
+                        NAME(blend_rows)(image + at.upper, image + at.lower, fy, line, spread, span.first, span.last);
+                        for (int64_t j = i; j < end; ++j) {
+                            const Segment *seg = &scratch.segments[j];
+                            int64_t m = seg->token * lines + seg->first;
+                            const T *g = grad + seg->token * patch + (c * lines + k) * lines + seg->first;
+                            line_sum += NAME(sample_line_backward)(line, spread, scratch.columns + m, fx + m, g,
+                                                                   gsample + m, seg->count);
+                            if (gimage)
+                                NAME(sample_line_image_grad)(gimage + at.upper, gimage + at.lower, fy,
+                                                            scratch.columns + m, fx + m, g, seg->count);
+                        }
+                        gline[row * lines + k] += line_sum;
                     }
                 }
+                i = end;
             }
-        }
+            for (int64_t m = 0; m < samples; ++m) {
+                if (scratch.columns[m] >= 0) continue;
+                int64_t n = m / lines, t = m - n * lines;
+                for (int64_t c = 0; c < channels; ++c) {
+                    for (int64_t k = 0; k < lines; ++k) {
+                        T g = grad[n * patch + (c * lines + k) * lines + t];
+                        for (int64_t j = 0; j < 2; ++j) {
+                            int64_t s = geo.left[m], row, upper, lower;
+                            if (s < -j || s >= rows * width - j) continue; /* tap s + j outside */
+                            s += j;
+                            T fy, spread;
+                            T up = NAME(strip_tap)(image, &geo, s, c, k, &row, &upper, &lower, &fy, &spread);
+                            T weight = j ? fx[m] : 1 - fx[m];
+                            gsample[m] += (j ? g : -g) * (up + fy * spread);
+                            gline[row * lines + k] += g * weight * spread;
+                            if (!gimage) continue;
+                            gimage[upper] += g * weight * (1 - fy);
+                            gimage[lower] += g * weight * fy;
+                        }
+                    }
+                }
+            }
     }
     scratch_free(&scratch);
-    return 0;
+    }
+    return failed;
 }
 
 /* The cells [first, last] that the interval between points p0 and p1 covers, and its ends a <= e,
@@ -220,6 +236,7 @@ static inline T NAME(cell_overlap)(int64_t i, int64_t first, int64_t last, T a, 
  * to [0, L]. values (B, L, D), points (B, K + 1), out (B, K, D). */
 int NAME(dart_interval_integral)(const T *values, const T *points, T *out, int64_t b0, int64_t b1,
                                  int64_t cells, int64_t count, int64_t dim) {
+#pragma omp parallel for schedule(static)
     for (int64_t b = b0; b < b1; ++b) {
         const T *v = values + b * cells * dim, *p = points + b * (count + 1);
         for (int64_t k = 0; k < count; ++k) {
@@ -247,6 +264,7 @@ int NAME(dart_interval_integral)(const T *values, const T *points, T *out, int64
 int NAME(dart_interval_integral_backward)(const T *grad_out, const T *values, const T *points, T *grad_values,
                                           T *grad_points, int64_t b0, int64_t b1, int64_t cells, int64_t count,
                                           int64_t dim) {
+#pragma omp parallel for schedule(static)
     for (int64_t b = b0; b < b1; ++b) {
         const T *v = values + b * cells * dim, *p = points + b * (count + 1);
         const T *g = grad_out + b * count * dim;

@@ -43,7 +43,7 @@ def interval_integral(values: torch.Tensor, points: torch.Tensor) -> torch.Tenso
     check_inputs(values, points)
     values, points = values.contiguous(), points.contiguous()
     out = values.new_empty(points.shape[0], points.shape[1] - 1, values.shape[2])
-    native.run_batched(
+    native.call(
         native.function("dart_interval_integral", values.dtype), points.shape[0],
         *map(native.pointer, (values, points, out)), _sizes(values, points),
     )
@@ -65,7 +65,7 @@ def interval_integral_backward(
         raise ValueError(f"gradient {tuple(grad.shape)} {grad.dtype} does not match the integrals")
     grad, values, points = grad.contiguous(), values.contiguous(), points.contiguous()
     grad_values, grad_points = torch.empty_like(values), torch.empty_like(points)
-    native.run_batched(
+    native.call(
         native.function("dart_interval_integral_backward", values.dtype), points.shape[0],
         *map(native.pointer, (grad, values, points, grad_values, grad_points)), _sizes(values, points),
     )

@@ -2,13 +2,18 @@
 
 The C source ships with the package and is compiled on first use with the system C compiler
 (``$CC``, else ``cc``) into a per-user cache (:func:`cache_dirs`), keyed by a hash of the
-sources, the flags and the CPU's instruction sets, so a home directory shared by different machines never loads a library built for another
-CPU. Processes that build at once (``torchrun``) each write a private file and rename it into
-place. Without a compiler the library is unavailable and the ``"auto"`` backend falls back to
-the PyTorch path with one warning; ``backend="native"`` raises with the compiler's message.
+sources, the flags and the CPU's instruction sets, so a home directory shared by different
+machines never loads a library built for another CPU. Processes that build at once
+(``torchrun``) each write a private file and rename it into place. Without a compiler the
+library is unavailable and the ``"auto"`` backend falls back to the PyTorch path with one
+warning; ``backend="native"`` raises with the compiler's message.
 
-Calls go through ctypes on contiguous tensors' data pointers; ctypes releases the GIL, so
-:func:`run_batched` splits a batch between ``torch.get_num_threads()`` threads.
+It is built with OpenMP where the compiler has it (gcc; else serial, e.g. Apple clang): the
+kernels then split the batch between threads themselves, on the ``libgomp.so.1`` torch has
+already loaded, i.e. torch's own OpenMP threads and ``torch.set_num_threads``. (A pool of
+Python threads calling the kernels was measured first: torch's idle OpenMP threads keep
+spinning on the cores after each op and slowed it by a third.) Calls go through ctypes on
+contiguous tensors' data pointers.
 """
 
 from __future__ import annotations
@@ -25,13 +30,13 @@ import subprocess
 import tempfile
 import threading
 import warnings
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import torch
 
 SOURCES = ("dart_cpu.c", "dart_cpu_kernels.h")
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c11")
+OPENMP = ("-fopenmp",)  # tried first; a compiler without OpenMP builds the serial library
 FUNCTIONS = {  # name → argument kinds: p = pointer (or None), i = int64
     "dart_patch_forward": "pppppp" + "i" * 8,
     "dart_patch_backward": "ppppppppp" + "i" * 8,
@@ -43,6 +48,10 @@ SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
 
 class NativeUnavailable(RuntimeError):
     """The compiled CPU kernels cannot be built or loaded here."""
+
+
+class CompileError(NativeUnavailable):
+    """The compiler rejected the source with these flags."""
 
 
 def _cpu_signature() -> str:
@@ -86,13 +95,23 @@ def _compiler() -> list[str]:
 
 
 def build() -> Path:
-    """Compile ``dart_cpu.c`` into the cache (once per source, flags and CPU); returns the library."""
-    here = Path(__file__).parent
+    """Compile ``dart_cpu.c`` into the cache (once per source, flags and CPU); returns the library.
+
+    With OpenMP when the compiler supports it, else without (a compiler without OpenMP fails that
+    attempt once per process, before the serial library is found or built)."""
     compiler = _compiler()
+    try:
+        return _build(compiler, FLAGS + OPENMP)
+    except CompileError:
+        return _build(compiler, FLAGS)
+
+
+def _build(compiler: list[str], flags: tuple[str, ...]) -> Path:
+    here = Path(__file__).parent
     digest = hashlib.sha256()
-    for name in SOURCES:
-        digest.update((here / name).read_bytes())
-    digest.update(" ".join((*compiler, *FLAGS, _cpu_signature())).encode())
+    for source in SOURCES:
+        digest.update((here / source).read_bytes())
+    digest.update(" ".join((*compiler, *flags, _cpu_signature())).encode())
     name = f"dart_cpu-{digest.hexdigest()[:16]}.so"
     problems = []
     for directory in cache_dirs():
@@ -115,11 +134,11 @@ def build() -> Path:
         )
     os.close(handle)
     try:
-        result = subprocess.run([*compiler, *FLAGS, "-o", partial, str(here / "dart_cpu.c")],
+        result = subprocess.run([*compiler, *flags, "-o", partial, str(here / "dart_cpu.c")],
                                 capture_output=True, text=True)
         if result.returncode != 0:
-            raise NativeUnavailable(
-                f"building DART's CPU kernels failed ({' '.join(compiler)}):\n{result.stderr.strip()}"
+            raise CompileError(
+                f"building DART's CPU kernels failed ({' '.join((*compiler, *flags))}):\n{result.stderr.strip()}"
             )
         os.replace(partial, target)
     finally:
@@ -140,6 +159,7 @@ def _load() -> ctypes.CDLL | NativeUnavailable:
             function = getattr(library, f"{name}_{suffix}")
             function.argtypes = [kinds[kind] for kind in signature]
             function.restype = ctypes.c_int  # nonzero: out of memory for the work buffers
+    library.dart_openmp.argtypes, library.dart_openmp.restype = [], ctypes.c_int
     return library
 
 
@@ -192,47 +212,13 @@ def pointer(tensor: torch.Tensor | None) -> int | None:
     return tensor.data_ptr()
 
 
-_pool: tuple[int, ThreadPoolExecutor] | None = None
-_pool_lock = threading.Lock()
+def openmp() -> bool:
+    """Whether the loaded library splits batches between OpenMP threads."""
+    return bool(library().dart_openmp())
 
 
-def _forget_pool() -> None:
-    """A forked child (e.g. a DataLoader worker) inherits the pool and its lock but not the threads."""
-    global _pool, _pool_lock
-    _pool, _pool_lock = None, threading.Lock()
-
-
-os.register_at_fork(after_in_child=_forget_pool)
-
-
-def _executor(workers: int) -> ThreadPoolExecutor:
-    """A shared pool with at least ``workers`` threads (a smaller one is shut down and replaced)."""
-    global _pool
-    with _pool_lock:
-        if _pool is None or _pool[0] < workers:
-            if _pool is not None:
-                _pool[1].shutdown(wait=False)
-            _pool = (workers, ThreadPoolExecutor(max_workers=workers, thread_name_prefix="dart_cpu"))
-        return _pool[1]
-
-
-def run_batched(kernel, batch: int, *args) -> None:
-    """Call ``kernel(*args, b0, b1, ...)`` over the batch, split into ``torch.get_num_threads()`` parts.
-
-    ``args`` are the pointer arguments; the trailing integers go after the slice bounds, so the
-    caller passes them as a tuple in ``args[-1]``.
-    """
+def call(kernel, batch: int, *args) -> None:
+    """``kernel(*pointers, 0, batch, *sizes)``; ``args`` are the pointers, then the sizes as a tuple."""
     *pointers, sizes = args
-    workers = min(torch.get_num_threads(), batch)
-    if workers <= 1:
-        failed = [kernel(*pointers, 0, batch, *sizes)]
-    else:
-        bounds = [batch * part // workers for part in range(workers + 1)]
-        futures = [
-            _executor(workers).submit(kernel, *pointers, start, stop, *sizes)
-            for start, stop in zip(bounds[:-1], bounds[1:], strict=True)
-            if stop > start
-        ]
-        failed = [future.result() for future in futures]
-    if any(failed):
+    if kernel(*pointers, 0, batch, *sizes):
         raise MemoryError(f"{kernel.__name__}: could not allocate its work buffers")

@@ -26,7 +26,7 @@ def patch_sample_forward(images, line_top, line_frac, sample_left, sample_frac) 
     sizes = _sizes(images, line_top, sample_left)
     channels, _, _, _, lines, tokens = sizes
     out = work.new_empty(images.shape[0], tokens, channels, lines, lines)
-    native.run_batched(
+    native.call(
         native.function("dart_patch_forward", dtype), images.shape[0],
         *map(native.pointer, (work, line_top, line_frac, sample_left, sample_frac, out)), sizes,
     )
@@ -41,7 +41,7 @@ def patch_sample_backward(grad_patches, images, line_top, line_frac, sample_left
     grad_images = torch.empty_like(work) if need_images else None
     grad_line = torch.empty_like(line_frac)
     grad_sample = torch.empty_like(sample_frac)
-    native.run_batched(
+    native.call(
         native.function("dart_patch_backward", dtype), images.shape[0],
         *map(native.pointer, (grad, work, line_top, line_frac, sample_left, sample_frac, grad_images, grad_line,
                               grad_sample)),
