@@ -72,7 +72,10 @@ def train_both(jobs: list[train.Job], sequential: bool) -> list[dict]:
     if sequential:
         return [train.run(job) for job in jobs]
     with multiprocessing.get_context("spawn").Pool(len(jobs)) as pool:
-        return pool.map(train.run, jobs)
+        results = pool.map(train.run, jobs)
+        pool.close()  # let the workers exit on their own: the context's terminate() could kill one
+        pool.join()  # holding a queue's semaphore ("leaked semaphore objects" at shutdown)
+    return results
 
 
 ZOOM = 3  # frames are tiny: draw on a nearest-neighbour enlargement
