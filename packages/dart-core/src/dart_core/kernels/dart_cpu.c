@@ -76,6 +76,26 @@ static int scratch_init(Scratch *scratch, int64_t samples, int64_t width, size_t
     return 1;
 }
 
+/* Run work(args, b, scratch) for every image b in [b0, b1), split between the OpenMP threads, each
+ * with its own work memory. Returns 1 when a thread could not allocate it (its images are skipped). */
+typedef void (*ImageWork)(const void *args, int64_t b, Scratch *scratch);
+
+static int for_each_image(ImageWork work, const void *args, int64_t b0, int64_t b1, int64_t samples,
+                          int64_t width, size_t element) {
+    int failed = 0;
+#pragma omp parallel reduction(| : failed)
+    {
+        Scratch scratch;
+        int ready = !scratch_init(&scratch, samples, width, element);
+        failed |= !ready;
+#pragma omp for schedule(static)
+        for (int64_t b = b0; b < b1; ++b)
+            if (ready) work(args, b, &scratch);
+        scratch_free(&scratch);
+    }
+    return failed;
+}
+
 /* Split an image's samples into segments; returns how many. A sample whose taps cross a row seam
  * or leave the strip belongs to none (the general path handles it). */
 static int64_t find_segments(const Geometry *geo, Scratch *scratch) {

@@ -68,69 +68,145 @@ static inline T NAME(strip_tap)(const T *image, const Geometry *geo, int64_t s, 
     return image[*upper];
 }
 
+/* The arguments of the patch kernels, for the per-image workers. */
+typedef struct {
+    const T *images, *line_frac, *sample_frac, *grad_patches;
+    const int64_t *line_top, *sample_left;
+    T *patches, *grad_images, *grad_line, *grad_sample;
+    int64_t channels, height, width, rows, lines, tokens;
+} NAME(PatchArgs);
+
+/* The names the per-image workers use, from their (const void *) arguments and work memory. */
+#define UNPACK_PATCH_ARGS(raw, work)                                                                      \
+    const NAME(PatchArgs) *a = raw;                                                                      \
+    const T *images = a->images, *line_frac = a->line_frac, *sample_frac = a->sample_frac;              \
+    const int64_t *line_top = a->line_top, *sample_left = a->sample_left;                              \
+    const int64_t channels = a->channels, height = a->height, width = a->width, rows = a->rows;        \
+    const int64_t lines = a->lines, tokens = a->tokens;                                                  \
+    const int64_t samples = tokens * lines, plane = height * width, patch = channels * lines * lines;  \
+    Scratch scratch = *work
+
+/* The forward pass for image b (see dart_patch_forward). */
+static void NAME(patch_forward_image)(const void *raw, int64_t b, Scratch *work) {
+    UNPACK_PATCH_ARGS(raw, work);
+    T *patches = a->patches;
+    const T *image = images + b * channels * plane, *fx = sample_frac + b * samples;
+    T *out = patches + b * tokens * patch;
+    Geometry geo = {line_top + b * rows * lines, line_frac + b * rows * lines, sample_left + b * samples,
+                    height, width, rows, lines, tokens};
+    int64_t count = find_segments(&geo, &scratch);
+    for (int64_t i = 0; i < count;) { /* segments of one row: sweep each of its lines across them */
+        int64_t end = same_row_end(scratch.segments, i, count), row = scratch.segments[i].row;
+        Span span = column_span(&scratch, i, end, lines);
+        for (int64_t c = 0; c < channels; ++c) {
+            for (int64_t k = 0; k < lines; ++k) {
+                Lines at = row_lines(&geo, row, k, c);
+                T *line = scratch.line, fy = line_frac[b * rows * lines + row * lines + k];
+                NAME(blend_rows)(image + at.upper, image + at.lower, fy, line, NULL, span.first, span.last);
+                for (int64_t j = i; j < end; ++j) {
+                    const Segment *seg = &scratch.segments[j];
+                    int64_t m = seg->token * lines + seg->first;
+                    NAME(sample_line)(line, scratch.columns + m, fx + m,
+                                      out + seg->token * patch + (c * lines + k) * lines + seg->first,
+                                      seg->count);
+                }
+            }
+        }
+        i = end;
+    }
+    for (int64_t m = 0; m < samples; ++m) { /* the samples left out: taps across a seam or outside */
+        if (scratch.columns[m] >= 0) continue;
+        int64_t n = m / lines, t = m - n * lines;
+        for (int64_t c = 0; c < channels; ++c) {
+            for (int64_t k = 0; k < lines; ++k) {
+                T value = 0;
+                for (int64_t j = 0; j < 2; ++j) {
+                    int64_t s = geo.left[m], row, upper, lower;
+                    T weight = j ? fx[m] : 1 - fx[m], strip = 0; /* zero padding; a NaN weight stays NaN */
+                    if (s >= -j && s < rows * width - j) { /* tap s + j inside, without overflow */
+                        s += j;
+                        T fy, spread;
+                        T up = NAME(strip_tap)(image, &geo, s, c, k, &row, &upper, &lower, &fy, &spread);
+                        strip = up + fy * spread;
+                    }
+                    value += weight * strip;
+                }
+                out[n * patch + (c * lines + k) * lines + t] = value;
+            }
+        }
+    }
+}
+
 int NAME(dart_patch_forward)(const T *images, const int64_t *line_top, const T *line_frac,
                              const int64_t *sample_left, const T *sample_frac, T *patches, int64_t b0,
                              int64_t b1, int64_t channels, int64_t height, int64_t width, int64_t rows,
                              int64_t lines, int64_t tokens) {
-    const int64_t samples = tokens * lines, plane = height * width, patch = channels * lines * lines;
-    int failed = 0;
-#pragma omp parallel reduction(| : failed)
-    {
-        Scratch scratch;
-        int ready = !scratch_init(&scratch, samples, width, sizeof(T));
-        failed |= !ready;
-#pragma omp for schedule(static)
-        for (int64_t b = b0; b < b1; ++b) {
-            if (!ready) continue;
-            const T *image = images + b * channels * plane, *fx = sample_frac + b * samples;
-            T *out = patches + b * tokens * patch;
-            Geometry geo = {line_top + b * rows * lines, line_frac + b * rows * lines, sample_left + b * samples,
-                            height, width, rows, lines, tokens};
-            int64_t count = find_segments(&geo, &scratch);
-            for (int64_t i = 0; i < count;) { /* segments of one row: sweep each of its lines across them */
-                int64_t end = same_row_end(scratch.segments, i, count), row = scratch.segments[i].row;
-                Span span = column_span(&scratch, i, end, lines);
-                for (int64_t c = 0; c < channels; ++c) {
-                    for (int64_t k = 0; k < lines; ++k) {
-                        Lines at = row_lines(&geo, row, k, c);
-                        T *line = scratch.line, fy = line_frac[b * rows * lines + row * lines + k];
-                        NAME(blend_rows)(image + at.upper, image + at.lower, fy, line, NULL, span.first, span.last);
-                        for (int64_t j = i; j < end; ++j) {
-                            const Segment *seg = &scratch.segments[j];
-                            int64_t m = seg->token * lines + seg->first;
-                            NAME(sample_line)(line, scratch.columns + m, fx + m,
-                                              out + seg->token * patch + (c * lines + k) * lines + seg->first,
-                                              seg->count);
-                        }
-                    }
+    NAME(PatchArgs) args = {images, line_frac, sample_frac, NULL, line_top, sample_left, patches, NULL, NULL, NULL,
+                            channels, height, width, rows, lines, tokens};
+    return for_each_image(NAME(patch_forward_image), &args, b0, b1, tokens * lines, width, sizeof(T));
+}
+
+/* The backward pass for image b (see dart_patch_backward). */
+static void NAME(patch_backward_image)(const void *raw, int64_t b, Scratch *work) {
+    UNPACK_PATCH_ARGS(raw, work);
+    const T *grad_patches = a->grad_patches;
+    T *grad_images = a->grad_images, *grad_line = a->grad_line, *grad_sample = a->grad_sample;
+    const T *image = images + b * channels * plane, *fx = sample_frac + b * samples;
+    const T *grad = grad_patches + b * tokens * patch;
+    T *gline = grad_line + b * rows * lines, *gsample = grad_sample + b * samples;
+    T *gimage = grad_images ? grad_images + b * channels * plane : NULL;
+    memset(gline, 0, sizeof(T) * rows * lines);
+    memset(gsample, 0, sizeof(T) * samples);
+    if (gimage) memset(gimage, 0, sizeof(T) * channels * plane);
+    Geometry geo = {line_top + b * rows * lines, line_frac + b * rows * lines, sample_left + b * samples,
+                    height, width, rows, lines, tokens};
+    int64_t count = find_segments(&geo, &scratch);
+    for (int64_t i = 0; i < count;) {
+        int64_t end = same_row_end(scratch.segments, i, count), row = scratch.segments[i].row;
+        Span span = column_span(&scratch, i, end, lines);
+        for (int64_t c = 0; c < channels; ++c) {
+            for (int64_t k = 0; k < lines; ++k) {
+                Lines at = row_lines(&geo, row, k, c);
+                T *line = scratch.line, *spread = line + width;
+                T fy = line_frac[b * rows * lines + row * lines + k], line_sum = 0;
+                NAME(blend_rows)(image + at.upper, image + at.lower, fy, line, spread, span.first, span.last);
+                for (int64_t j = i; j < end; ++j) {
+                    const Segment *seg = &scratch.segments[j];
+                    int64_t m = seg->token * lines + seg->first;
+                    const T *g = grad + seg->token * patch + (c * lines + k) * lines + seg->first;
+                    line_sum += NAME(sample_line_backward)(line, spread, scratch.columns + m, fx + m, g,
+                                                           gsample + m, seg->count);
+                    if (gimage)
+                        NAME(sample_line_image_grad)(gimage + at.upper, gimage + at.lower, fy,
+                                                    scratch.columns + m, fx + m, g, seg->count);
                 }
-                i = end;
+                gline[row * lines + k] += line_sum;
             }
-            for (int64_t m = 0; m < samples; ++m) { /* the samples left out: taps across a seam or outside */
-                if (scratch.columns[m] >= 0) continue;
-                int64_t n = m / lines, t = m - n * lines;
-                for (int64_t c = 0; c < channels; ++c) {
-                    for (int64_t k = 0; k < lines; ++k) {
-                        T value = 0;
-                        for (int64_t j = 0; j < 2; ++j) {
-                            int64_t s = geo.left[m], row, upper, lower;
-                            T weight = j ? fx[m] : 1 - fx[m], strip = 0; /* zero padding; a NaN weight stays NaN */
-                            if (s >= -j && s < rows * width - j) { /* tap s + j inside, without overflow */
-                                s += j;
-                                T fy, spread;
-                                T up = NAME(strip_tap)(image, &geo, s, c, k, &row, &upper, &lower, &fy, &spread);
-                                strip = up + fy * spread;
-                            }
-                            value += weight * strip;
-                        }
-                        out[n * patch + (c * lines + k) * lines + t] = value;
-                    }
+        }
+        i = end;
+    }
+    for (int64_t m = 0; m < samples; ++m) {
+        if (scratch.columns[m] >= 0) continue;
+        int64_t n = m / lines, t = m - n * lines;
+        for (int64_t c = 0; c < channels; ++c) {
+            for (int64_t k = 0; k < lines; ++k) {
+                T g = grad[n * patch + (c * lines + k) * lines + t];
+                for (int64_t j = 0; j < 2; ++j) {
+                    int64_t s = geo.left[m], row, upper, lower;
+                    if (s < -j || s >= rows * width - j) continue; /* tap s + j outside */
+                    s += j;
+                    T fy, spread;
+                    T up = NAME(strip_tap)(image, &geo, s, c, k, &row, &upper, &lower, &fy, &spread);
+                    T weight = j ? fx[m] : 1 - fx[m];
+                    gsample[m] += (j ? g : -g) * (up + fy * spread);
+                    gline[row * lines + k] += g * weight * spread;
+                    if (!gimage) continue;
+                    gimage[upper] += g * weight * (1 - fy);
+                    gimage[lower] += g * weight * fy;
                 }
             }
+        }
     }
-    scratch_free(&scratch);
-    }
-    return failed;
 }
 
 /* Gradients to line_frac (B, R, P), sample_frac (B, M) and, when grad_images is not NULL, the
@@ -140,76 +216,9 @@ int NAME(dart_patch_backward)(const T *grad_patches, const T *images, const int6
                               T *grad_images, T *grad_line, T *grad_sample, int64_t b0, int64_t b1,
                               int64_t channels, int64_t height, int64_t width, int64_t rows,
                               int64_t lines, int64_t tokens) {
-    const int64_t samples = tokens * lines, plane = height * width, patch = channels * lines * lines;
-    int failed = 0;
-#pragma omp parallel reduction(| : failed)
-    {
-        Scratch scratch;
-        int ready = !scratch_init(&scratch, samples, width, sizeof(T));
-        failed |= !ready;
-#pragma omp for schedule(static)
-        for (int64_t b = b0; b < b1; ++b) {
-            if (!ready) continue;
-            const T *image = images + b * channels * plane, *fx = sample_frac + b * samples;
-            const T *grad = grad_patches + b * tokens * patch;
-            T *gline = grad_line + b * rows * lines, *gsample = grad_sample + b * samples;
-            T *gimage = grad_images ? grad_images + b * channels * plane : NULL;
-            memset(gline, 0, sizeof(T) * rows * lines);
-            memset(gsample, 0, sizeof(T) * samples);
-            if (gimage) memset(gimage, 0, sizeof(T) * channels * plane);
-            Geometry geo = {line_top + b * rows * lines, line_frac + b * rows * lines, sample_left + b * samples,
-                            height, width, rows, lines, tokens};
-            int64_t count = find_segments(&geo, &scratch);
-            for (int64_t i = 0; i < count;) {
-                int64_t end = same_row_end(scratch.segments, i, count), row = scratch.segments[i].row;
-                Span span = column_span(&scratch, i, end, lines);
-                for (int64_t c = 0; c < channels; ++c) {
-                    for (int64_t k = 0; k < lines; ++k) {
-                        Lines at = row_lines(&geo, row, k, c);
-                        T *line = scratch.line, *spread = line + width;
-                        T fy = line_frac[b * rows * lines + row * lines + k], line_sum = 0;
-                        NAME(blend_rows)(image + at.upper, image + at.lower, fy, line, spread, span.first, span.last);
-                        for (int64_t j = i; j < end; ++j) {
-                            const Segment *seg = &scratch.segments[j];
-                            int64_t m = seg->token * lines + seg->first;
-                            const T *g = grad + seg->token * patch + (c * lines + k) * lines + seg->first;
-                            line_sum += NAME(sample_line_backward)(line, spread, scratch.columns + m, fx + m, g,
-                                                                   gsample + m, seg->count);
-                            if (gimage)
-                                NAME(sample_line_image_grad)(gimage + at.upper, gimage + at.lower, fy,
-                                                            scratch.columns + m, fx + m, g, seg->count);
-                        }
-                        gline[row * lines + k] += line_sum;
-                    }
-                }
-                i = end;
-            }
-            for (int64_t m = 0; m < samples; ++m) {
-                if (scratch.columns[m] >= 0) continue;
-                int64_t n = m / lines, t = m - n * lines;
-                for (int64_t c = 0; c < channels; ++c) {
-                    for (int64_t k = 0; k < lines; ++k) {
-                        T g = grad[n * patch + (c * lines + k) * lines + t];
-                        for (int64_t j = 0; j < 2; ++j) {
-                            int64_t s = geo.left[m], row, upper, lower;
-                            if (s < -j || s >= rows * width - j) continue; /* tap s + j outside */
-                            s += j;
-                            T fy, spread;
-                            T up = NAME(strip_tap)(image, &geo, s, c, k, &row, &upper, &lower, &fy, &spread);
-                            T weight = j ? fx[m] : 1 - fx[m];
-                            gsample[m] += (j ? g : -g) * (up + fy * spread);
-                            gline[row * lines + k] += g * weight * spread;
-                            if (!gimage) continue;
-                            gimage[upper] += g * weight * (1 - fy);
-                            gimage[lower] += g * weight * fy;
-                        }
-                    }
-                }
-            }
-    }
-    scratch_free(&scratch);
-    }
-    return failed;
+    NAME(PatchArgs) args = {images, line_frac, sample_frac, grad_patches, line_top, sample_left, NULL,
+                            grad_images, grad_line, grad_sample, channels, height, width, rows, lines, tokens};
+    return for_each_image(NAME(patch_backward_image), &args, b0, b1, tokens * lines, width, sizeof(T));
 }
 
 /* The cells [first, last] that the interval between points p0 and p1 covers, and its ends a <= e,
@@ -230,6 +239,8 @@ static inline T NAME(interval_cells)(T p0, T p1, int64_t cells, int64_t *first, 
 static inline T NAME(cell_overlap)(int64_t i, int64_t first, int64_t last, T a, T e) {
     return (i == last ? e : (T)(i + 1)) - (i == first ? a : (T)i);
 }
+
+#undef UNPACK_PATCH_ARGS
 
 /* Integral of a piecewise-constant signal (cells [i, i + 1], i < L) between consecutive points:
  * out[b, k] = the integral of values[b] from points[b, k] to points[b, k + 1], the points clamped
