@@ -1,11 +1,11 @@
 /* DART's CPU kernels: the fused patch sampler and the interval integral, forward and backward.
  *
  * Plain C (no Python or torch headers): dart_core.kernels.native compiles this file once per
- * machine and calls it through ctypes on contiguous tensors' data pointers. Every function works
- * on a slice [b0, b1) of the batch and, built with OpenMP, splits it between threads, one image
- * per iteration (nothing is shared between images). Built with -fopenmp, the library binds to
- * the libgomp.so.1 that torch has already loaded, so it uses torch's OpenMP threads and thread
- * count (torch.set_num_threads) instead of starting threads of its own.
+ * machine and calls it through ctypes on contiguous tensors' data pointers. Built with OpenMP,
+ * every function splits its batch between threads, one image per iteration (nothing is shared
+ * between images); with -fopenmp the library binds to the libgomp.so.1 that torch has already
+ * loaded, so it uses torch's OpenMP threads and thread count (torch.set_num_threads) instead of
+ * starting threads of its own.
  *
  * Index conventions are those of patch_torch.py (patch_function.py guarantees the ranges, so no
  * index is ever out of bounds or overflows; NaN positions give NaN values, as in PyTorch):
@@ -76,12 +76,12 @@ static int scratch_init(Scratch *scratch, int64_t samples, int64_t width, size_t
     return 1;
 }
 
-/* Run work(args, b, scratch) for every image b in [b0, b1), split between the OpenMP threads, each
+/* Run work(args, b, scratch) for every image b < batch, split between the OpenMP threads, each
  * with its own work memory. Returns 1 when a thread could not allocate it (its images are skipped). */
 typedef void (*ImageWork)(const void *args, int64_t b, Scratch *scratch);
 
-static int for_each_image(ImageWork work, const void *args, int64_t b0, int64_t b1, int64_t samples,
-                          int64_t width, size_t element) {
+static int for_each_image(ImageWork work, const void *args, int64_t batch, int64_t samples, int64_t width,
+                          size_t element) {
     int failed = 0;
 #pragma omp parallel reduction(| : failed)
     {
@@ -89,7 +89,7 @@ static int for_each_image(ImageWork work, const void *args, int64_t b0, int64_t 
         int ready = !scratch_init(&scratch, samples, width, element);
         failed |= !ready;
 #pragma omp for schedule(static)
-        for (int64_t b = b0; b < b1; ++b)
+        for (int64_t b = 0; b < batch; ++b)
             if (ready) work(args, b, &scratch);
         scratch_free(&scratch);
     }

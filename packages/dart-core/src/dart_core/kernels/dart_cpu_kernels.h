@@ -59,10 +59,9 @@ static inline void NAME(sample_line_image_grad)(T *gup, T *glo, T fy, const int3
 static inline T NAME(strip_tap)(const T *image, const Geometry *geo, int64_t s, int64_t c, int64_t k,
                                 int64_t *row, int64_t *upper, int64_t *lower, T *fy, T *spread) {
     *row = s / geo->width;
-    int64_t col = s - *row * geo->width, line = geo->top[*row * geo->lines + k];
-    int64_t below = line + 1 < geo->height ? line + 1 : geo->height - 1;
-    *upper = (c * geo->height + line) * geo->width + col;
-    *lower = (c * geo->height + below) * geo->width + col;
+    Lines at = row_lines(geo, *row, k, c);
+    *upper = at.upper + s - *row * geo->width;
+    *lower = at.lower + s - *row * geo->width;
     *fy = ((const T *)geo->frac)[*row * geo->lines + k];
     *spread = image[*lower] - image[*upper];
     return image[*upper];
@@ -138,12 +137,12 @@ static void NAME(patch_forward_image)(const void *raw, int64_t b, Scratch *work)
 }
 
 int NAME(dart_patch_forward)(const T *images, const int64_t *line_top, const T *line_frac,
-                             const int64_t *sample_left, const T *sample_frac, T *patches, int64_t b0,
-                             int64_t b1, int64_t channels, int64_t height, int64_t width, int64_t rows,
-                             int64_t lines, int64_t tokens) {
+                             const int64_t *sample_left, const T *sample_frac, T *patches, int64_t batch,
+                             int64_t channels, int64_t height, int64_t width, int64_t rows, int64_t lines,
+                             int64_t tokens) {
     NAME(PatchArgs) args = {images, line_frac, sample_frac, NULL, line_top, sample_left, patches, NULL, NULL, NULL,
                             channels, height, width, rows, lines, tokens};
-    return for_each_image(NAME(patch_forward_image), &args, b0, b1, tokens * lines, width, sizeof(T));
+    return for_each_image(NAME(patch_forward_image), &args, batch, tokens * lines, width, sizeof(T));
 }
 
 /* The backward pass for image b (see dart_patch_backward). */
@@ -213,12 +212,12 @@ static void NAME(patch_backward_image)(const void *raw, int64_t b, Scratch *work
  * images (B, C, H, W); all three are overwritten for the slice's samples. */
 int NAME(dart_patch_backward)(const T *grad_patches, const T *images, const int64_t *line_top,
                               const T *line_frac, const int64_t *sample_left, const T *sample_frac,
-                              T *grad_images, T *grad_line, T *grad_sample, int64_t b0, int64_t b1,
+                              T *grad_images, T *grad_line, T *grad_sample, int64_t batch,
                               int64_t channels, int64_t height, int64_t width, int64_t rows,
                               int64_t lines, int64_t tokens) {
     NAME(PatchArgs) args = {images, line_frac, sample_frac, grad_patches, line_top, sample_left, NULL,
                             grad_images, grad_line, grad_sample, channels, height, width, rows, lines, tokens};
-    return for_each_image(NAME(patch_backward_image), &args, b0, b1, tokens * lines, width, sizeof(T));
+    return for_each_image(NAME(patch_backward_image), &args, batch, tokens * lines, width, sizeof(T));
 }
 
 /* The cells [first, last] that the interval between points p0 and p1 covers, and its ends a <= e,
@@ -245,10 +244,10 @@ static inline T NAME(cell_overlap)(int64_t i, int64_t first, int64_t last, T a, 
 /* Integral of a piecewise-constant signal (cells [i, i + 1], i < L) between consecutive points:
  * out[b, k] = the integral of values[b] from points[b, k] to points[b, k + 1], the points clamped
  * to [0, L]. values (B, L, D), points (B, K + 1), out (B, K, D). */
-int NAME(dart_interval_integral)(const T *values, const T *points, T *out, int64_t b0, int64_t b1,
+int NAME(dart_interval_integral)(const T *values, const T *points, T *out, int64_t batch,
                                  int64_t cells, int64_t count, int64_t dim) {
 #pragma omp parallel for schedule(static)
-    for (int64_t b = b0; b < b1; ++b) {
+    for (int64_t b = 0; b < batch; ++b) {
         const T *v = values + b * cells * dim, *p = points + b * (count + 1);
         for (int64_t k = 0; k < count; ++k) {
             T *o = out + (b * count + k) * dim, a, e;
@@ -273,10 +272,10 @@ int NAME(dart_interval_integral)(const T *values, const T *points, T *out, int64
  * and L included (torch.clamp's convention, which the PyTorch path inherits). Intervals with a NaN
  * end pass nothing back to the values. */
 int NAME(dart_interval_integral_backward)(const T *grad_out, const T *values, const T *points, T *grad_values,
-                                          T *grad_points, int64_t b0, int64_t b1, int64_t cells, int64_t count,
+                                          T *grad_points, int64_t batch, int64_t cells, int64_t count,
                                           int64_t dim) {
 #pragma omp parallel for schedule(static)
-    for (int64_t b = b0; b < b1; ++b) {
+    for (int64_t b = 0; b < batch; ++b) {
         const T *v = values + b * cells * dim, *p = points + b * (count + 1);
         const T *g = grad_out + b * count * dim;
         T *gv = grad_values + b * cells * dim, *gp = grad_points + b * (count + 1);

@@ -14,8 +14,9 @@ import torch
 from . import native
 
 
-def _sizes(values: torch.Tensor, points: torch.Tensor) -> tuple[int, int, int]:
-    return values.shape[1], points.shape[1] - 1, values.shape[2]
+def _sizes(values: torch.Tensor, points: torch.Tensor) -> tuple[int, int, int, int]:
+    """The kernels' integer arguments: (B, L, K, D)."""
+    return points.shape[0], values.shape[1], points.shape[1] - 1, values.shape[2]
 
 
 def check_inputs(values: torch.Tensor, points: torch.Tensor) -> None:
@@ -43,10 +44,7 @@ def interval_integral(values: torch.Tensor, points: torch.Tensor) -> torch.Tenso
     check_inputs(values, points)
     values, points = values.contiguous(), points.contiguous()
     out = values.new_empty(points.shape[0], points.shape[1] - 1, values.shape[2])
-    native.call(
-        native.function("dart_interval_integral", values.dtype), points.shape[0],
-        *map(native.pointer, (values, points, out)), _sizes(values, points),
-    )
+    native.call(native.function("dart_interval_integral", values.dtype), (values, points, out), _sizes(values, points))
     return out
 
 
@@ -66,8 +64,8 @@ def interval_integral_backward(
     grad, values, points = grad.contiguous(), values.contiguous(), points.contiguous()
     grad_values, grad_points = torch.empty_like(values), torch.empty_like(points)
     native.call(
-        native.function("dart_interval_integral_backward", values.dtype), points.shape[0],
-        *map(native.pointer, (grad, values, points, grad_values, grad_points)), _sizes(values, points),
+        native.function("dart_interval_integral_backward", values.dtype),
+        (grad, values, points, grad_values, grad_points), _sizes(values, points),
     )
     return grad_values, grad_points
 

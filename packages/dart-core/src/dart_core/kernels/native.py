@@ -37,11 +37,11 @@ import torch
 SOURCES = ("dart_cpu.c", "dart_cpu_kernels.h")
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c11")
 OPENMP = ("-fopenmp",)  # tried first; a compiler without OpenMP builds the serial library
-FUNCTIONS = {  # name → argument kinds: p = pointer (or None), i = int64
-    "dart_patch_forward": "pppppp" + "i" * 8,
-    "dart_patch_backward": "ppppppppp" + "i" * 8,
-    "dart_interval_integral": "ppp" + "i" * 5,
-    "dart_interval_integral_backward": "ppppp" + "i" * 5,
+FUNCTIONS = {  # name → argument kinds: p = pointer (or None), i = int64 (the batch, then sizes)
+    "dart_patch_forward": "pppppp" + "i" * 7,
+    "dart_patch_backward": "ppppppppp" + "i" * 7,
+    "dart_interval_integral": "ppp" + "i" * 4,
+    "dart_interval_integral_backward": "ppppp" + "i" * 4,
 }
 SUFFIXES = {torch.float32: "f32", torch.float64: "f64"}
 
@@ -217,8 +217,7 @@ def openmp() -> bool:
     return bool(library().dart_openmp())
 
 
-def call(kernel, batch: int, *args) -> None:
-    """``kernel(*pointers, 0, batch, *sizes)``; ``args`` are the pointers, then the sizes as a tuple."""
-    *pointers, sizes = args
-    if kernel(*pointers, 0, batch, *sizes):
+def call(kernel, tensors: tuple[torch.Tensor | None, ...], sizes: tuple[int, ...]) -> None:
+    """``kernel(*pointers, *sizes)`` on contiguous tensors (None → NULL); sizes start with the batch."""
+    if kernel(*map(pointer, tensors), *sizes):
         raise MemoryError(f"{kernel.__name__}: could not allocate its work buffers")

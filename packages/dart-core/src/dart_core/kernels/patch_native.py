@@ -1,7 +1,7 @@
 """The fused patch sampler on the CPU through the compiled kernels of ``dart_cpu.c``.
 
-One pass per direction, 4 image taps per value, no strip built (the scheme of the Triton
-kernels, written for a CPU core: a token's row lines are hoisted out of its sample loop).
+One pass per direction: each row's strip lines are blended one at a time into a one-line buffer
+and read there at the x taps of that row's samples (the scheme is described in ``dart_cpu.c``).
 Same functions, shapes and conventions as :mod:`.patch_torch`; float16/bfloat16 images are
 sampled in float32 (the compute dtype of ``line_frac``).
 """
@@ -14,9 +14,9 @@ from . import native
 
 
 def _sizes(images: torch.Tensor, line_top: torch.Tensor, sample_left: torch.Tensor) -> tuple[int, ...]:
-    _, channels, height, width = images.shape
+    """The kernels' integer arguments: (B, C, H, W, R, P, N)."""
     rows, lines = line_top.shape[1:]
-    return channels, height, width, rows, lines, sample_left.shape[1] // lines
+    return (*images.shape, rows, lines, sample_left.shape[1] // lines)
 
 
 def patch_sample_forward(images, line_top, line_frac, sample_left, sample_frac) -> torch.Tensor:
@@ -24,12 +24,10 @@ def patch_sample_forward(images, line_top, line_frac, sample_left, sample_frac) 
     dtype = line_frac.dtype
     work = images.to(dtype).contiguous()
     sizes = _sizes(images, line_top, sample_left)
-    channels, _, _, _, lines, tokens = sizes
-    out = work.new_empty(images.shape[0], tokens, channels, lines, lines)
-    native.call(
-        native.function("dart_patch_forward", dtype), images.shape[0],
-        *map(native.pointer, (work, line_top, line_frac, sample_left, sample_frac, out)), sizes,
-    )
+    batch, channels, _, _, _, lines, tokens = sizes
+    out = work.new_empty(batch, tokens, channels, lines, lines)
+    native.call(native.function("dart_patch_forward", dtype), (work, line_top, line_frac, sample_left, sample_frac, out),
+                sizes)
     return out.to(images.dtype)
 
 
@@ -42,9 +40,8 @@ def patch_sample_backward(grad_patches, images, line_top, line_frac, sample_left
     grad_line = torch.empty_like(line_frac)
     grad_sample = torch.empty_like(sample_frac)
     native.call(
-        native.function("dart_patch_backward", dtype), images.shape[0],
-        *map(native.pointer, (grad, work, line_top, line_frac, sample_left, sample_frac, grad_images, grad_line,
-                              grad_sample)),
+        native.function("dart_patch_backward", dtype),
+        (grad, work, line_top, line_frac, sample_left, sample_frac, grad_images, grad_line, grad_sample),
         _sizes(images, line_top, sample_left),
     )
     return (None if grad_images is None else grad_images.to(images.dtype)), grad_line, grad_sample
