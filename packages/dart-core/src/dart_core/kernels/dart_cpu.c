@@ -22,9 +22,10 @@
  * token's samples whose two x taps lie in one row. For each row, each of its C·P strip lines is
  * blended once from its two image lines into a small buffer (vectorised), and every segment of
  * the row reads its samples from that buffer (2 taps per value, in L1). The image is read once
- * per pass, line by line. Samples whose taps cross a row seam or leave the strip (a handful per
- * image) take a general path that places each tap on its own. The backward pass recomputes the
- * strip lines and their lower - upper spread instead of keeping anything from the forward.
+ * per pass, line by line, each line pair prefetched while the one before is sampled. Samples
+ * whose taps cross a row seam or leave the strip (a handful per image) take a general path that
+ * places each tap on its own. The backward pass recomputes the strip lines and their lower -
+ * upper spread instead of keeping anything from the forward.
  */
 #include <stdint.h>
 #include <stdlib.h>
@@ -34,6 +35,17 @@
 #define NO_VECTORIZE __attribute__((optimize("no-tree-vectorize")))
 #else
 #define NO_VECTORIZE
+#endif
+
+/* PREFETCH(address) asks for a cache line ahead of use. A loop of nothing but prefetches is
+ * deleted by gcc -O3 (the prefetches vanished from the binary), so KEEP_LOOP() gives it an empty
+ * statement the compiler must keep. */
+#if defined(__GNUC__)
+#define PREFETCH(address) __builtin_prefetch(address)
+#define KEEP_LOOP() __asm__ __volatile__("")
+#else
+#define PREFETCH(address) ((void)(address))
+#define KEEP_LOOP() ((void)0)
 #endif
 
 /* One image's sampling geometry (pointers at the image's own entries). */

@@ -15,6 +15,20 @@ static inline void NAME(blend_rows)(const T *restrict up, const T *restrict lo, 
     }
 }
 
+/* Prefetches the two image lines of strip line `at` of a row (counted over channels: line at % P of
+ * channel at / P) over the columns of span, so that they arrive while the line before is sampled:
+ * without it the blends wait on memory most of their time. Nothing past the row's last line. */
+static inline void NAME(prefetch_line)(const T *image, const Geometry *geo, int64_t row, int64_t at,
+                                       int64_t channels, Span span) {
+    if (at >= channels * geo->lines) return;
+    Lines next = row_lines(geo, row, at % geo->lines, at / geo->lines);
+    for (int64_t x = span.first; x < span.last; x += 64 / sizeof(T)) {
+        PREFETCH(image + next.upper + x);
+        PREFETCH(image + next.lower + x);
+        KEEP_LOOP();
+    }
+}
+
 /* A segment's samples on one strip line: o[t] = line[xs[t]] + fx[t] · (line[xs[t] + 1] - line[xs[t]]).
  * Scalar on purpose: for runs of ~16 samples, gathers were slower than plain loads on the CPUs
  * measured. */
@@ -102,6 +116,7 @@ static void NAME(patch_forward_image)(const void *raw, int64_t b, Scratch *work)
                 Lines at = row_lines(&geo, row, k, c);
                 T *line = scratch.line, fy = line_frac[b * rows * lines + row * lines + k];
                 NAME(blend_rows)(image + at.upper, image + at.lower, fy, line, NULL, span.first, span.last);
+                NAME(prefetch_line)(image, &geo, row, c * lines + k + 1, channels, span);
                 for (int64_t j = i; j < end; ++j) {
                     const Segment *seg = &scratch.segments[j];
                     int64_t m = seg->token * lines + seg->first;
@@ -169,6 +184,7 @@ static void NAME(patch_backward_image)(const void *raw, int64_t b, Scratch *work
                 T *line = scratch.line, *spread = line + width;
                 T fy = line_frac[b * rows * lines + row * lines + k], line_sum = 0;
                 NAME(blend_rows)(image + at.upper, image + at.lower, fy, line, spread, span.first, span.last);
+                NAME(prefetch_line)(image, &geo, row, c * lines + k + 1, channels, span);
                 for (int64_t j = i; j < end; ++j) {
                     const Segment *seg = &scratch.segments[j];
                     int64_t m = seg->token * lines + seg->first;
