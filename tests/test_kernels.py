@@ -9,6 +9,7 @@ them (Triton reads it when a kernel is decorated, so it must precede every impor
 
 
 import os
+from pathlib import Path
 
 import pytest
 import reference_dart as ref
@@ -250,6 +251,69 @@ def test_native_kernels_build_into_a_fresh_cache_and_fall_back_without_a_compile
         resolve_backend(torch.device("cpu"), "native")
     with pytest.warns(RuntimeWarning, match="PyTorch CPU path"):
         assert resolve_backend(torch.device("cpu"), "auto") == "torch"
+
+
+def token_samples(edges, patch):
+    """(N, P) pixel-centre sample positions of tokens with strip edges [edges[n], edges[n + 1])."""
+    edges = torch.as_tensor(edges, dtype=torch.float64)
+    centres = (torch.arange(patch, dtype=torch.float64) + 0.5) / patch
+    return edges[:-1, None] + centres * (edges[1:] - edges[:-1])[:, None] - 0.5
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_float32_on_a_partition_of_narrow_wide_and_seam_crossing_tokens(backend):
+    """Float32 kernels against the float64 oracle on the geometry a partition makes: runs of one
+    token's 16 samples spanning 8 to 200 columns of a row (the native kernels read a token that
+    spans under 64 columns through AVX-512 permutes where the CPU has them, a wider one with
+    scalar loads) and tokens cut by a row seam (runs shorter than 16)."""
+    g = torch.Generator().manual_seed(31)
+    rows, width, patch = 2, 300, 16
+    edges = [0, 9, 40, 100, 300, 330, 392, 600]  # widths 9, 31, 60, 200, 30 (across the seam), 62, 208
+    sample_x = token_samples(edges, patch)[None].repeat(2, 1, 1) + 0.137  # off integers, where the slope jumps
+    sample_x[1] += torch.rand(sample_x.shape[1:], generator=g, dtype=torch.float64) * 0.5  # jittered, uneven spans
+    line_y = torch.sort(torch.rand(2, rows, patch, generator=g, dtype=torch.float64) * 11, dim=-1).values
+    images = torch.randn(2, 3, 12, width, generator=g, dtype=torch.float64)
+    tokens = sample_x.shape[1]
+    cotangent = torch.randn(2, tokens, 3, patch, patch, generator=g, dtype=torch.float64)
+    want_inputs = [t.clone().requires_grad_() for t in (images, line_y, sample_x)]
+    want = oracle(*want_inputs)
+    want_grads = torch.autograd.grad((want * cotangent).sum(), want_inputs)
+    inputs = [images.float().requires_grad_(), line_y.float().requires_grad_(), sample_x.float().requires_grad_()]
+    got = sample_strip_patches(*inputs, backend=backend)
+    assert got.dtype == torch.float32
+    got_grads = torch.autograd.grad((got * cotangent.float()).sum(), inputs)
+    # float32 positions move samples by up to ~3e-5 columns at x = 600: values move by that times
+    # the image's slope (randn: up to ~8 per column)
+    torch.testing.assert_close(got.double(), want, rtol=0, atol=5e-4)
+    for name, one, other in zip(("images", "line_y", "sample_x"), got_grads, want_grads, strict=True):
+        scale = max(1.0, other.abs().max().item())
+        torch.testing.assert_close(one.double(), other, rtol=0, atol=1e-3 * scale, msg=lambda m, n=name: f"{n}: {m}")
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_an_images_nan_reaches_only_the_samples_that_tap_it(backend):
+    """A NaN pixel that no sample taps changes nothing, values or gradients: the vector path of the
+    native kernels reads whole windows of columns and must not let unused columns leak."""
+    images = torch.randn(1, 1, 6, 200, dtype=torch.float32, generator=torch.Generator().manual_seed(5))
+    line_y = torch.tensor([[[0.5, 1.5, 3.0, 4.5]]])
+    sample_x = torch.tensor([[[10.2, 11.4, 12.6, 13.8], [150.3, 151.1, 152.9, 153.2]]])
+    clean = [images.clone().requires_grad_(), line_y.clone().requires_grad_(), sample_x.clone().requires_grad_()]
+    dirty_images = images.clone()
+    dirty_images[..., 15:149] = float("nan")  # every column of the two tokens' windows that is not a tap
+    dirty = [dirty_images.requires_grad_(), line_y.clone().requires_grad_(), sample_x.clone().requires_grad_()]
+    results = []
+    for inputs in (clean, dirty):
+        out = sample_strip_patches(*inputs, backend=backend)
+        results.append((out, *torch.autograd.grad(out.sum(), inputs[1:])))
+    for one, other in zip(*results, strict=True):
+        assert torch.isfinite(other).all()
+        torch.testing.assert_close(other, one, rtol=0, atol=1e-6)
+
+
+def test_native_kernel_sources_are_all_in_the_cache_key():
+    """A kernel source left out of native.SOURCES would let an edited build reuse a stale library."""
+    here = Path(native.__file__).parent
+    assert set(native.SOURCES) == {path.name for path in here.iterdir() if path.suffix in (".c", ".h")}
 
 
 def test_native_kernels_split_the_batch_between_threads():

@@ -48,6 +48,8 @@
 #define KEEP_LOOP() ((void)0)
 #endif
 
+#include "dart_cpu_window.h"
+
 /* One image's sampling geometry (pointers at the image's own entries). */
 typedef struct {
     const int64_t *top;  /* (R, P) */
@@ -79,7 +81,7 @@ static void scratch_free(Scratch *scratch) {
 static int scratch_init(Scratch *scratch, int64_t samples, int64_t width, size_t element) {
     scratch->segments = malloc(sizeof(Segment) * (size_t)(samples + 1)); /* + 1: never malloc(0) */
     scratch->columns = malloc(sizeof(int32_t) * (size_t)(samples + 1));
-    scratch->line = malloc(element * 2 * (size_t)width);
+    scratch->line = calloc(2 * (size_t)width + WINDOW, element); /* + WINDOW: see dart_cpu_window.h */
     if (scratch->segments && scratch->columns && scratch->line) return 0;
     scratch_free(scratch);
     scratch->segments = NULL;
@@ -181,12 +183,16 @@ int dart_openmp(void) {
 
 #define NAME(x) x##_f32
 #define T float
+#define WINDOWED WINDOWED_FLOAT
 #include "dart_cpu_kernels.h"
+#undef WINDOWED
 #undef T
 #undef NAME
 
 #define NAME(x) x##_f64
 #define T double
+#define WINDOWED 0
 #include "dart_cpu_kernels.h"
+#undef WINDOWED
 #undef T
 #undef NAME

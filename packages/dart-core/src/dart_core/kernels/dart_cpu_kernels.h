@@ -1,5 +1,6 @@
-/* The kernels of dart_cpu.c for one element type: included once per type with T (the type) and
- * NAME(x) (x with the type's suffix) defined. */
+/* The kernels of dart_cpu.c for one element type: included once per type with T (the type),
+ * NAME(x) (x with the type's suffix) and WINDOWED (1: segments go through dart_cpu_window.h's
+ * vector path where they fit, T being float) defined. */
 
 /* One strip line of a row over columns [first, last): line[x] = up[x] + fy · (lo[x] - up[x]), and,
  * when spread is not NULL, spread[x] = lo[x] - up[x]. */
@@ -30,10 +31,13 @@ static inline void NAME(prefetch_line)(const T *image, const Geometry *geo, int6
 }
 
 /* A segment's samples on one strip line: o[t] = line[xs[t]] + fx[t] · (line[xs[t] + 1] - line[xs[t]]).
- * Scalar on purpose: for runs of ~16 samples, gathers were slower than plain loads on the CPUs
- * measured. */
+ * Through the window path where it applies; else scalar on purpose: for runs of ~16 samples, gcc's
+ * vectorised gathers were slower than plain loads on the CPUs measured. */
 NO_VECTORIZE static inline void NAME(sample_line)(const T *restrict line, const int32_t *restrict xs,
                                                   const T *restrict fx, T *restrict o, int64_t count) {
+#if WINDOWED
+    if (sample_window_f32(line, xs, fx, o, count)) return;
+#endif
     for (int64_t t = 0; t < count; ++t) {
         T a = line[xs[t]];
         o[t] = a + fx[t] * (line[xs[t] + 1] - a);
@@ -46,6 +50,9 @@ NO_VECTORIZE static inline T NAME(sample_line_backward)(const T *restrict line, 
                                                         const int32_t *restrict xs, const T *restrict fx,
                                                         const T *restrict g, T *restrict gx, int64_t count) {
     T line_sum = 0;
+#if WINDOWED
+    if (sample_window_backward_f32(line, spread, xs, fx, g, gx, count, &line_sum)) return line_sum;
+#endif
     for (int64_t t = 0; t < count; ++t) {
         int32_t x = xs[t];
         gx[t] += g[t] * (line[x + 1] - line[x]);

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import torch
 
-SOURCES = ("dart_cpu.c", "dart_cpu_kernels.h")
+SOURCES = ("dart_cpu.c", "dart_cpu_kernels.h", "dart_cpu_window.h")
 FLAGS = ("-O3", "-march=native", "-shared", "-fPIC", "-std=c11")
 OPENMP = ("-fopenmp",)  # tried first; a compiler without OpenMP builds the serial library
 FUNCTIONS = {  # name → argument kinds: p = pointer (or None), i = int64 (the batch, then sizes)
