@@ -58,9 +58,10 @@ typedef struct {
     int64_t height, width, rows, lines, tokens;
 } Geometry;
 
-/* Consecutive samples of one token whose two taps lie inside one row. */
+/* Consecutive samples of one token whose two taps lie inside one row; window is the first column
+ * of the WINDOW columns its taps lie in (dart_cpu_window.h), -1 when they do not fit in one. */
 typedef struct {
-    int64_t token, first, count, row;
+    int64_t token, first, count, row, window;
 } Segment;
 
 /* Per-call work memory: the segments and, for every sample, its left tap's column within its row
@@ -110,6 +111,18 @@ static int for_each_image(ImageWork work, const void *args, int64_t batch, int64
     return failed;
 }
 
+/* Sets a segment's window: the first of WINDOW columns holding all its taps (left and right), if
+ * any do and it has at most 16 samples (one vector), else -1. */
+static void segment_window(Segment *seg, const int32_t *columns, int64_t lines) {
+    const int32_t *xs = columns + seg->token * lines + seg->first;
+    int32_t low = xs[0], high = xs[0];
+    for (int64_t t = 1; t < seg->count; ++t) {
+        low = xs[t] < low ? xs[t] : low;
+        high = xs[t] > high ? xs[t] : high;
+    }
+    seg->window = seg->count <= 16 && high + 1 - low < WINDOW ? low : -1;
+}
+
 /* Split an image's samples into segments; returns how many. A sample whose taps cross a row seam
  * or leave the strip belongs to none (the general path handles it). */
 static int64_t find_segments(const Geometry *geo, Scratch *scratch) {
@@ -127,11 +140,12 @@ static int64_t find_segments(const Geometry *geo, Scratch *scratch) {
             if (last && last->token == n && last->row == row && last->first + last->count == t) {
                 ++last->count;
             } else {
-                Segment seg = {n, t, 1, row};
+                Segment seg = {n, t, 1, row, -1};
                 scratch->segments[count++] = seg;
             }
         }
     }
+    for (int64_t i = 0; i < count; ++i) segment_window(&scratch->segments[i], scratch->columns, geo->lines);
     return count;
 }
 

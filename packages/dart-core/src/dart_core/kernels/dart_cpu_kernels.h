@@ -34,9 +34,15 @@ static inline void NAME(prefetch_line)(const T *image, const Geometry *geo, int6
  * Through the window path where it applies; else scalar on purpose: for runs of ~16 samples, gcc's
  * vectorised gathers were slower than plain loads on the CPUs measured. */
 NO_VECTORIZE static inline void NAME(sample_line)(const T *restrict line, const int32_t *restrict xs,
-                                                  const T *restrict fx, T *restrict o, int64_t count) {
+                                                  const T *restrict fx, T *restrict o, int64_t count,
+                                                  int64_t window) {
 #if WINDOWED
-    if (sample_window_f32(line, xs, fx, o, count)) return;
+    if (window >= 0) {
+        sample_window_f32(line, xs, fx, o, count, window);
+        return;
+    }
+#else
+    (void)window;
 #endif
     for (int64_t t = 0; t < count; ++t) {
         T a = line[xs[t]];
@@ -48,11 +54,14 @@ NO_VECTORIZE static inline void NAME(sample_line)(const T *restrict line, const 
  * g[t] · d o[t] / d fy, where the line is up + fy · spread. */
 NO_VECTORIZE static inline T NAME(sample_line_backward)(const T *restrict line, const T *restrict spread,
                                                         const int32_t *restrict xs, const T *restrict fx,
-                                                        const T *restrict g, T *restrict gx, int64_t count) {
-    T line_sum = 0;
+                                                        const T *restrict g, T *restrict gx, int64_t count,
+                                                        int64_t window) {
 #if WINDOWED
-    if (sample_window_backward_f32(line, spread, xs, fx, g, gx, count, &line_sum)) return line_sum;
+    if (window >= 0) return sample_window_backward_f32(line, spread, xs, fx, g, gx, count, window);
+#else
+    (void)window;
 #endif
+    T line_sum = 0;
     for (int64_t t = 0; t < count; ++t) {
         int32_t x = xs[t];
         gx[t] += g[t] * (line[x + 1] - line[x]);
@@ -129,7 +138,7 @@ static void NAME(patch_forward_image)(const void *raw, int64_t b, Scratch *work)
                     int64_t m = seg->token * lines + seg->first;
                     NAME(sample_line)(line, scratch.columns + m, fx + m,
                                       out + seg->token * patch + (c * lines + k) * lines + seg->first,
-                                      seg->count);
+                                      seg->count, seg->window);
                 }
             }
         }
@@ -197,7 +206,7 @@ static void NAME(patch_backward_image)(const void *raw, int64_t b, Scratch *work
                     int64_t m = seg->token * lines + seg->first;
                     const T *g = grad + seg->token * patch + (c * lines + k) * lines + seg->first;
                     line_sum += NAME(sample_line_backward)(line, spread, scratch.columns + m, fx + m, g,
-                                                           gsample + m, seg->count);
+                                                           gsample + m, seg->count, seg->window);
                     if (gimage)
                         NAME(sample_line_image_grad)(gimage + at.upper, gimage + at.lower, fy,
                                                     scratch.columns + m, fx + m, g, seg->count);

@@ -17,13 +17,6 @@ typedef struct {
     __m512 column[4]; /* columns [16 i, 16 i + 16) of the window */
 } Window;
 
-/* The first column of a segment's window (columns xs of its count <= 16 samples, both taps), or -1
- * when its taps do not fit in one. */
-static inline int32_t window_start(__m512i xs, __mmask16 samples) {
-    int32_t low = _mm512_mask_reduce_min_epi32(samples, xs), high = _mm512_mask_reduce_max_epi32(samples, xs);
-    return high + 1 - low < WINDOW ? low : -1;
-}
-
 static inline Window window_load(const float *start) {
     Window window = {{_mm512_loadu_ps(start), _mm512_loadu_ps(start + 16), _mm512_loadu_ps(start + 32),
                       _mm512_loadu_ps(start + 48)}};
@@ -41,50 +34,41 @@ static inline __m512 window_pick(const Window *window, __m512i offset) {
 /* The samples of a segment and the offsets of their left and right taps in its window. */
 typedef struct {
     __mmask16 samples;
-    int32_t start;
     __m512i left, right;
 } WindowTaps;
 
-/* Returns 0 when the segment has more than 16 samples or its taps do not fit in a window. */
-static inline int window_taps(const int32_t *xs, int64_t count, WindowTaps *taps) {
-    if (count > 16) return 0;
-    taps->samples = (__mmask16)((1u << count) - 1);
-    __m512i columns = _mm512_maskz_loadu_epi32(taps->samples, xs);
-    taps->start = window_start(columns, taps->samples);
-    if (taps->start < 0) return 0;
-    taps->left = _mm512_sub_epi32(columns, _mm512_set1_epi32(taps->start));
-    taps->right = _mm512_add_epi32(taps->left, _mm512_set1_epi32(1));
-    return 1;
+/* Columns xs of a segment's count <= 16 samples, relative to its window's first column start. */
+static inline WindowTaps window_taps(const int32_t *xs, int64_t count, int64_t start) {
+    WindowTaps taps;
+    taps.samples = (__mmask16)((1u << count) - 1);
+    taps.left = _mm512_sub_epi32(_mm512_maskz_loadu_epi32(taps.samples, xs), _mm512_set1_epi32((int32_t)start));
+    taps.right = _mm512_add_epi32(taps.left, _mm512_set1_epi32(1));
+    return taps;
 }
 
-/* sample_line (dart_cpu_kernels.h) for one segment; returns 0, writing nothing, when it does not fit. */
-static inline int sample_window_f32(const float *line, const int32_t *xs, const float *fx, float *o,
-                                    int64_t count) {
-    WindowTaps taps;
-    if (!window_taps(xs, count, &taps)) return 0;
-    Window window = window_load(line + taps.start);
+/* sample_line (dart_cpu_kernels.h) for a segment with a window (columns from start on). */
+static inline void sample_window_f32(const float *line, const int32_t *xs, const float *fx, float *o,
+                                     int64_t count, int64_t start) {
+    WindowTaps taps = window_taps(xs, count, start);
+    Window window = window_load(line + start);
     __m512 a = window_pick(&window, taps.left), b = window_pick(&window, taps.right);
     __m512 f = _mm512_maskz_loadu_ps(taps.samples, fx);
     _mm512_mask_storeu_ps(o, taps.samples, _mm512_fmadd_ps(f, _mm512_sub_ps(b, a), a));
-    return 1;
 }
 
-/* sample_line_backward (dart_cpu_kernels.h) for one segment: adds to gx and sets *line_sum;
- * returns 0, doing nothing, when it does not fit. */
-static inline int sample_window_backward_f32(const float *line, const float *spread, const int32_t *xs,
-                                             const float *fx, const float *g, float *gx, int64_t count,
-                                             float *line_sum) {
-    WindowTaps taps;
-    if (!window_taps(xs, count, &taps)) return 0;
-    Window window = window_load(line + taps.start), spreads = window_load(spread + taps.start);
+/* sample_line_backward (dart_cpu_kernels.h) for a segment with a window (columns from start on). */
+static inline float sample_window_backward_f32(const float *line, const float *spread, const int32_t *xs,
+                                               const float *fx, const float *g, float *gx, int64_t count,
+                                               int64_t start) {
+    WindowTaps taps = window_taps(xs, count, start);
+    Window window = window_load(line + start), spreads = window_load(spread + start);
     __m512 a = window_pick(&window, taps.left), b = window_pick(&window, taps.right);
     __m512 sa = window_pick(&spreads, taps.left), sb = window_pick(&spreads, taps.right);
     __m512 f = _mm512_maskz_loadu_ps(taps.samples, fx), grad = _mm512_maskz_loadu_ps(taps.samples, g);
     __m512 sums = _mm512_maskz_loadu_ps(taps.samples, gx);
     _mm512_mask_storeu_ps(gx, taps.samples, _mm512_fmadd_ps(grad, _mm512_sub_ps(b, a), sums));
     /* masked: a lane past count picks an arbitrary column, which may hold an image's NaN */
-    *line_sum = _mm512_mask_reduce_add_ps(taps.samples, _mm512_mul_ps(grad, _mm512_fmadd_ps(f, _mm512_sub_ps(sb, sa), sa)));
-    return 1;
+    return _mm512_mask_reduce_add_ps(taps.samples, _mm512_mul_ps(grad, _mm512_fmadd_ps(f, _mm512_sub_ps(sb, sa), sa)));
 }
 #else
 #define WINDOWED_FLOAT 0
