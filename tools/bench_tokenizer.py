@@ -1,9 +1,10 @@
 #!/usr/bin/env python
 """Benchmark the DART tokenizer against timm's PatchEmbed (same batch, token count, embed dim).
 
-Every figure is a ratio measured in this run: DART (448 input, high-resolution mode, N tokens
-from a 14×14 grid) against ``timm.layers.PatchEmbed`` (224 input, patch 16, the same N = 196
-tokens and embed dim). Rows:
+Every figure is a ratio measured in this run: DART (high-resolution mode: 448 input, N = 196
+tokens from a 14×14 score grid) against ``timm.layers.PatchEmbed`` (224 input, patch 16, the same
+196 tokens and embed dim). ``--tokens N`` (a square, g × g) scales both: PatchEmbed on 16·g
+inputs, DART on 32·g inputs with a g × g grid, both models likewise. Rows:
 
 * tokenizer forward (inference, no autograd) and forward + backward as in training (images need
   no gradient; the scores, the positional table and the projection do), without a scorer (the
@@ -33,6 +34,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import os
 import platform
 import statistics
@@ -54,7 +56,6 @@ from timm.layers import PatchEmbed
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-GRID = (14, 14)
 PATCH = 16
 
 
@@ -70,25 +71,26 @@ class LearnedScores(nn.Module):
 
 
 class PatchEmbedTokenizer(nn.Module):
-    """The baseline: PatchEmbed + a learned positional table, (B, C, 224, 224) → (B, 196, D)."""
+    """The baseline: PatchEmbed + a learned positional table, (B, C, 16·h, 16·w) → (B, h·w, D)."""
 
-    def __init__(self, embed_dim: int):
+    def __init__(self, embed_dim: int, grid: tuple[int, int]):
         super().__init__()
-        self.embed = PatchEmbed(img_size=GRID[0] * PATCH, patch_size=PATCH, in_chans=3, embed_dim=embed_dim)
-        self.pos = nn.Parameter(torch.randn(1, GRID[0] * GRID[1], embed_dim) * 0.02)
+        self.embed = PatchEmbed(img_size=(grid[0] * PATCH, grid[1] * PATCH), patch_size=PATCH, in_chans=3,
+                                embed_dim=embed_dim)
+        self.pos = nn.Parameter(torch.randn(1, grid[0] * grid[1], embed_dim) * 0.02)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         return self.embed(images) + self.pos
 
 
 class DARTTokenizer(nn.Module):
-    """DART + its resampled positional table, (B, C, 448, 448) → (B, N, D)."""
+    """DART + its resampled positional table, (B, C, 32·h, 32·w) → (B, h·w, D) from an (h, w) grid."""
 
-    def __init__(self, embed_dim: int, num_tokens: int, scorer: nn.Module):
+    def __init__(self, embed_dim: int, grid: tuple[int, int], scorer: nn.Module):
         super().__init__()
-        self.embed = DART(img_size=GRID[0] * PATCH * 2, patch_size=PATCH, embed_dim=embed_dim,
-                          num_tokens=num_tokens, sample_scale=2, scorer=scorer)
-        self.pos_grid = nn.Parameter(torch.randn(1, *GRID, embed_dim) * 0.02)
+        self.embed = DART(img_size=(grid[0] * PATCH * 2, grid[1] * PATCH * 2), patch_size=PATCH,
+                          embed_dim=embed_dim, num_tokens=grid[0] * grid[1], sample_scale=2, scorer=scorer)
+        self.pos_grid = nn.Parameter(torch.randn(1, *grid, embed_dim) * 0.02)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         out = self.embed(images, pos_grid=self.pos_grid, return_details=True)
@@ -206,13 +208,23 @@ def peak_bytes(step: Callable[[], None], device: torch.device) -> int:
     return tracker.peak
 
 
+def token_grid(tokens: int) -> tuple[int, int]:
+    """The (g, g) grid of a square token count: PatchEmbed makes exactly that many."""
+    side = math.isqrt(max(tokens, 0))
+    if tokens < 1 or side * side != tokens:
+        raise ValueError(f"--tokens {tokens}: PatchEmbed's token count is a square grid; use a square such as "
+                         f"{max(side, 1) ** 2} or {(side + 1) ** 2}")
+    return side, side
+
+
 def build(args, device: torch.device) -> dict:
     torch.manual_seed(0)
-    scorer = build_scorer("mobilenet_v3_small", "v1", grid_size=GRID)
+    grid = token_grid(args.tokens)
+    scorer = build_scorer("mobilenet_v3_small", "v1", grid_size=grid)
     models = {
-        "patch_embed": PatchEmbedTokenizer(args.embed_dim),
-        "dart": DARTTokenizer(args.embed_dim, args.tokens, LearnedScores(GRID)),
-        "dart_scorer": DARTTokenizer(args.embed_dim, args.tokens, scorer),
+        "patch_embed": PatchEmbedTokenizer(args.embed_dim, grid),
+        "dart": DARTTokenizer(args.embed_dim, grid, LearnedScores(grid)),
+        "dart_scorer": DARTTokenizer(args.embed_dim, grid, scorer),
     }
     return {name: model.to(device) for name, model in models.items()}
 
@@ -222,8 +234,9 @@ def run(args) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
     tokenizers = build(args, device)
-    small = torch.randn(args.batch, 3, GRID[0] * PATCH, GRID[1] * PATCH, device=device)
-    large = torch.randn(args.batch, 3, 2 * GRID[0] * PATCH, 2 * GRID[1] * PATCH, device=device)
+    grid = token_grid(args.tokens)
+    small = torch.randn(args.batch, 3, grid[0] * PATCH, grid[1] * PATCH, device=device)
+    large = torch.randn(args.batch, 3, 2 * grid[0] * PATCH, 2 * grid[1] * PATCH, device=device)
     patch_bytes = args.batch * args.tokens * 3 * PATCH * PATCH * large.element_size()
     rows = []
 
@@ -234,7 +247,8 @@ def run(args) -> dict:
               f"({result['cand_ms']:8.1f} ms vs {result['base_ms']:8.1f} ms)", flush=True)
 
     print(f"DART vs PatchEmbed: batch {args.batch}, {args.tokens} tokens, embed dim {args.embed_dim}, "
-          f"DART input 448, PatchEmbed input 224, device {device}, threads {torch.get_num_threads()}, {args.clock} clock, "
+          f"DART input {large.shape[-1]}, PatchEmbed input {small.shape[-1]}, device {device}, "
+          f"threads {torch.get_num_threads()}, {args.clock} clock, "
           f"load average {_load_average()}")
     print("timing: DART / baseline, the median of interleaved per-repeat ratios and the ratio of the best "
           "times (median times in brackets)")
@@ -249,8 +263,9 @@ def run(args) -> dict:
                   with_pytorch_kernels(train_step(tokenizers[key], large)), repeats)
 
     labels = torch.randint(0, 1000, (args.batch,), device=device)
-    deit = timm.create_model("deit_tiny_patch16_224", num_classes=1000).to(device).train()
-    deit_dart = timm.create_model("deit_tiny_dart_patch16_448", num_classes=1000, num_tokens=args.tokens).to(device).train()
+    deit = timm.create_model("deit_tiny_patch16_224", num_classes=1000, img_size=small.shape[-1]).to(device).train()
+    deit_dart = timm.create_model("deit_tiny_dart_patch16_448", num_classes=1000, num_tokens=args.tokens,
+                                  img_size=large.shape[-1]).to(device).train()
     timed("DeiT-Tiny + DART training step", optimizer_step(deit, small, labels),
           optimizer_step(deit_dart, large, labels), args.model_repeats)
 
@@ -311,7 +326,8 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--device", default="cpu", help="cpu or cuda (default cpu)")
     parser.add_argument("--batch", type=int, default=32)
-    parser.add_argument("--tokens", type=int, default=196)
+    parser.add_argument("--tokens", type=int, default=196,
+                        help="token count of every contender, a square g*g (default 196: 224 / 448 inputs)")
     parser.add_argument("--embed-dim", type=int, default=192)
     parser.add_argument("--repeats", type=int, default=11, help="timed repeats of the no-scorer rows (a third of it with the scorer)")
     parser.add_argument("--model-repeats", type=int, default=2, help="timed repeats of the training step")
@@ -321,6 +337,10 @@ def main(argv=None) -> int:
                         help="wall time (default) or process CPU time (steadier on a shared machine; use with --threads 1)")
     parser.add_argument("--json", type=Path, default=Path("bench_tokenizer.json"), help="where to write the results")
     args = parser.parse_args(argv)
+    try:
+        token_grid(args.tokens)
+    except ValueError as error:
+        parser.error(str(error))
     if args.device.startswith("cuda") and not torch.cuda.is_available():
         parser.error("--device cuda needs a CUDA GPU; none is visible")
     if args.device.startswith("cuda") and args.clock != "wall":

@@ -1,0 +1,37 @@
+"""tools/bench_tokenizer.py on a tiny setting: every contender gets the same token count."""
+
+import json
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, os.path.join(ROOT, "tools"))
+
+import bench_tokenizer  # noqa: E402
+
+
+def test_a_square_token_count_scales_every_contender(tmp_path, capsys):
+    out = tmp_path / "bench.json"
+    assert bench_tokenizer.main(["--batch", "2", "--tokens", "16", "--embed-dim", "8", "--repeats", "1",
+                                 "--model-repeats", "1", "--warmup", "0", "--threads", "1", "--json", str(out)]) == 0
+    assert "DART input 128, PatchEmbed input 64" in capsys.readouterr().out
+    results = json.loads(out.read_text())
+    names = [row["name"] for row in results["timing"]]
+    assert "tokenizer forward + backward, no scorer" in names and "DeiT-Tiny + DART training step" in names
+    assert all(row["ratio"] > 0 and row["base_ms"] > 0 and row["cand_ms"] > 0 for row in results["timing"])
+    assert results["patch_bytes"] == 2 * 16 * 3 * 16 * 16 * 4  # (B, N, C, P, P) float32 patches
+    flops = results["flops_per_image"]
+    # same tokens and embed dim: the projections match (8·768 MACs a token), DART adds a few adds of
+    # its positional resampling at most; the DeiT pair differs by the scorer's FLOPs only
+    assert flops["dart"] >= flops["patch_embed"] == 2 * 16 * 8 * 768
+    assert flops["dart"] < 1.1 * flops["patch_embed"]
+    assert flops["deit_tiny_dart"] > flops["deit_tiny"]
+
+
+@pytest.mark.parametrize("tokens", ["15", "0"])
+def test_a_token_count_patch_embed_cannot_make_is_refused(tokens, capsys):
+    with pytest.raises(SystemExit):
+        bench_tokenizer.main(["--tokens", tokens])
+    assert "PatchEmbed's token count is a square grid" in capsys.readouterr().err
