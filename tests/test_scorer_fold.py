@@ -15,6 +15,8 @@ from dart_core.fold import FoldedCopy, fold_batchnorm, tensor_state_key
 from dart_core.scorers import build_scorer
 
 X_SIZE = 32
+# These tests use randomly initialised frozen scorer backbones on purpose (dart_core.scorers warns).
+pytestmark = pytest.mark.filterwarnings("ignore:the DART scorer's backbone is frozen but randomly initialised")
 
 BACKBONES = {
     # torchvision slices (Conv2dNormActivation Sequentials, MnasNet's bare Sequentials)
@@ -134,6 +136,24 @@ def test_fold_follows_dtype_changes_and_in_place_writes():
     with torch.no_grad():
         bn.running_mean.add_(3.0)
     assert_close_rel(scorer.features(x.double()), reference_features(scorer, x.double()))
+
+
+def test_the_fold_follows_writes_through_data_and_refold_forces_a_new_one():
+    """``p.data.mul_`` bumps no version counter: the CPU checksum still sees it. A write that keeps
+    every tensor's sum (a permutation through ``.data``) is what ``Scorer.refold()`` is for."""
+    torch.manual_seed(0)
+    scorer = build_scorer("mobilenet_v3_small", grid_size=(4, 4), stage=4).double()
+    randomise_batchnorms(scorer.backbone, seed=8)
+    x = torch.randn(2, 3, X_SIZE, X_SIZE, dtype=torch.float64)
+    old = scorer.features(x)
+    conv = next(m for m in scorer.backbone.modules() if isinstance(m, nn.Conv2d))
+    conv.weight.data.mul_(0.5)
+    new = scorer.features(x)
+    assert_close_rel(new, reference_features(scorer, x))
+    assert not torch.allclose(new, old)
+    conv.weight.data.copy_(conv.weight.data.flip(0))  # same sum, same version
+    scorer.refold()
+    assert_close_rel(scorer.features(x), reference_features(scorer, x))
 
 
 def test_the_fold_is_cached_until_a_tensor_changes():

@@ -6,10 +6,12 @@ import sys
 
 import numpy as np
 import pytest
+import timm
 import torch
 from dart_core import Partition, cli, partition, sample_patches
 from dart_core.cli import DEFAULT_MODEL, build_model, main
 from dart_core.visualize import (
+    NONFINITE_COLOR,
     colormap,
     draw_partition,
     heatmap,
@@ -22,6 +24,8 @@ from dart_core.visualize import (
 from PIL import Image
 
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
+# These tests use randomly initialised frozen scorer backbones on purpose (dart_core.scorers warns).
+pytestmark = pytest.mark.filterwarnings("ignore:the DART scorer's backbone is frozen but randomly initialised")
 
 
 def make_partition(row_edges, token_edges, grid=(2, 2)):
@@ -115,6 +119,27 @@ def test_heatmap_colours_follow_the_scores():
     blended = np.asarray(heatmap(np.full((40, 60, 3), 100, np.uint8), scores[0], alpha=0.5, smooth=False))
     np.testing.assert_allclose(blended[10, 15], (np.array(viridis_low) + 100) / 2, atol=1)
     assert colormap(np.array([-1.0, 2.0])).tolist() == [list(viridis_low), list(viridis_high)]
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
+def test_non_finite_scores_are_painted_in_a_fixed_colour(bad):
+    """A NaN / ±inf score cell (a broken image) is drawn as a NONFINITE_COLOR block; the other
+    cells keep the colours of the finite cells' range (oracle: the same map with the broken cell
+    left out of the range, i.e. set to a value inside it)."""
+    scores = torch.tensor([[[1.0, 3.0], [2.0, 5.0]], [[4.0, bad], [1.0, 5.0]]])
+    blank = np.zeros((40, 60, 3), np.uint8)
+    picture = np.asarray(heatmap(blank, scores, index=1, alpha=1.0, smooth=False))
+    assert (picture[:20, 30:] == NONFINITE_COLOR).all()  # cell (0, 1), the broken one
+    expected = np.asarray(heatmap(blank, torch.tensor([[4.0, 4.0], [1.0, 5.0]]), alpha=1.0, smooth=False))
+    assert np.array_equal(picture[:, :30], expected[:, :30]) and np.array_equal(picture[20:], expected[20:])
+    part = partition(torch.ones(2, 2, 2), num_tokens=4)
+    drawn = np.asarray(draw_partition(blank, part, index=1, scores=scores, shade=False, heat_alpha=1.0))
+    assert (drawn[:19, 31:59] == NONFINITE_COLOR).all()  # away from the boundary lines
+    smooth = np.asarray(heatmap(blank, scores, index=1, alpha=1.0))  # bilinear: no NaN reaches the colours
+    assert (smooth[:20, 30:] == NONFINITE_COLOR).all()
+    assert (np.asarray(heatmap(blank, torch.full((2, 2), bad), alpha=1.0)) == NONFINITE_COLOR).all()
+    with pytest.raises(ValueError, match="colormap needs finite values"):
+        colormap(np.array([0.5, bad]))
 
 
 def test_to_pil_undoes_normalisation_and_checks_shapes():
@@ -219,6 +244,38 @@ def test_cli_loads_a_checkpoint(astronaut_png, tmp_path, capsys, monkeypatch):
     torch.save({k: v for k, v in source.state_dict().items() if k != "head.weight"}, broken)
     assert main(["visualize", astronaut_png, "--checkpoint", str(broken), "--out", str(out)]) == 1
     assert "missing keys (1): head.weight" in capsys.readouterr().err
+
+
+def test_cli_builds_the_model_a_pretrain_checkpoint_describes(tmp_path, capsys, monkeypatch):
+    """A ``tools/pretrain_in1k.py`` checkpoint (2 classes, depth 1, 64 tokens, v2 scorer) is
+    visualised with a model built from its stored name, options and classifier size."""
+    torch.manual_seed(0)
+    options = dict(depth=1, num_classes=2, num_tokens=64, scorer_version="v2")
+    source = timm.create_model(DEFAULT_MODEL, **options)
+    checkpoint = tmp_path / "last.pth"
+    args = {"model": DEFAULT_MODEL, "model_kwargs": {"depth": 1}, "num_tokens": 64, "scorer": None,
+            "scorer_weights": "/elsewhere/mnv3.pth", "scorer_version": "v2", "lr": 0.1}
+    torch.save({"format": "dart-pretrain-1", "model_name": DEFAULT_MODEL, "model": source.state_dict(),
+                "optimizer": {}, "epoch": 3, "classes": ["a", "b"], "args": args}, checkpoint)
+    image = tmp_path / "small.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(image)
+    built = []
+    monkeypatch.setattr(cli, "build_model", lambda *a: built.append(build_model(*a)) or built[-1])
+    out = tmp_path / "out.png"
+    assert main(["visualize", str(image), "--checkpoint", str(checkpoint), "--out", str(out)]) == 0, \
+        capsys.readouterr().err
+    assert "64 tokens in 8 rows" in capsys.readouterr().err
+    loaded = built[0].state_dict()
+    assert list(loaded) == list(source.state_dict())
+    for key, value in source.state_dict().items():
+        torch.testing.assert_close(loaded[key], value, rtol=0, atol=0)
+    assert built[0].patch_embed.num_tokens == 64 and built[0].head.out_features == 2
+    assert main(["visualize", str(image), "--checkpoint", str(checkpoint), "--out", str(out),
+                 "--num-tokens", "36"]) == 0  # the command line's budget wins
+    assert built[1].patch_embed.num_tokens == 36
+    other = "vim_tiny_dart_patch16_224"
+    assert main(["visualize", str(image), "--checkpoint", str(checkpoint), "--model", other]) == 1
+    assert f"holds a '{DEFAULT_MODEL}' model, not '{other}'" in capsys.readouterr().err
 
 
 def test_cli_errors_are_clear(tmp_path, capsys):

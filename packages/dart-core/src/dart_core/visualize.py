@@ -42,6 +42,8 @@ Color = tuple[int, int, int]
 VIRIDIS_ANCHORS = np.array(
     [[68, 1, 84], [59, 82, 139], [33, 145, 140], [94, 201, 98], [253, 231, 37]], dtype=np.float64
 )
+# Score cells that are NaN or ±inf (a broken image or model) are painted in this colour.
+NONFINITE_COLOR: Color = (255, 0, 255)
 # Two shades alternating from token to token along the strip.
 DEFAULT_PALETTE: tuple[Color, ...] = ((255, 64, 64), (64, 160, 255))
 
@@ -104,29 +106,41 @@ def colormap(values: np.ndarray) -> np.ndarray:
     """Map values in [0, 1] to viridis colours (piecewise linear between its anchors).
 
     Args:
-        values: (...) array; clipped to [0, 1].
+        values: (...) array of finite values; clipped to [0, 1].
 
     Returns:
         (..., 3) uint8 colours.
+
+    Raises:
+        ValueError: a value is NaN or ±inf (it has no colour).
     """
-    position = np.clip(np.asarray(values, dtype=np.float64), 0.0, 1.0) * (len(VIRIDIS_ANCHORS) - 1)
+    values = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(values).all():
+        raise ValueError(f"colormap needs finite values; got {np.count_nonzero(~np.isfinite(values))} NaN or inf")
+    position = np.clip(values, 0.0, 1.0) * (len(VIRIDIS_ANCHORS) - 1)
     low = np.minimum(np.floor(position).astype(int), len(VIRIDIS_ANCHORS) - 2)
     frac = (position - low)[..., None]
     colours = VIRIDIS_ANCHORS[low] * (1 - frac) + VIRIDIS_ANCHORS[low + 1] * frac
     return np.rint(colours).astype(np.uint8)
 
 
-def _score_map(scores: np.ndarray | torch.Tensor, index: int) -> np.ndarray:
-    """(B, h, w) or (h, w) scores → (h, w) float64 values rescaled to [0, 1] (min → 0, max → 1;
-    a constant map → 0.5)."""
+def _score_map(scores: np.ndarray | torch.Tensor, index: int) -> tuple[np.ndarray, np.ndarray]:
+    """(B, h, w) or (h, w) scores → (h, w) float64 values rescaled to [0, 1] over the finite cells
+    (min → 0, max → 1; a constant map → 0.5; non-finite cells → 0), and the (h, w) bool mask of
+    the non-finite (NaN, ±inf) cells."""
     if isinstance(scores, torch.Tensor):
         scores = scores.detach().cpu().to(torch.float64).numpy()
     scores = np.asarray(scores, dtype=np.float64)
     if scores.ndim not in (2, 3):
         raise ValueError(f"scores must be (h, w) or (B, h, w); got shape {scores.shape}")
     grid = _pick(scores, 3, index)
-    low, high = grid.min(), grid.max()
-    return np.full_like(grid, 0.5) if high <= low else (grid - low) / (high - low)
+    broken = ~np.isfinite(grid)
+    finite = grid[~broken]
+    if finite.size == 0:
+        return np.zeros_like(grid), broken
+    low, high = finite.min(), finite.max()
+    values = np.full_like(grid, 0.5) if high <= low else (grid - low) / (high - low)
+    return np.where(broken, 0.0, values), broken
 
 
 def heatmap(
@@ -141,7 +155,8 @@ def heatmap(
     Args:
         image: see :func:`to_pil`.
         scores: (B, h, w) or (h, w) scores (e.g. ``TokenizerOutput.scores``); each map is rescaled
-            to [0, 1] (its minimum dark blue, its maximum yellow).
+            to [0, 1] over its finite cells (its minimum dark blue, its maximum yellow). NaN and
+            ±inf cells are painted as blocks of :data:`NONFINITE_COLOR` (magenta).
         index: the sample of batched inputs.
         alpha: opacity of the colours (0: image only, 1: colours only).
         smooth: bilinear upsampling; ``False`` shows each score cell as a block.
@@ -150,10 +165,14 @@ def heatmap(
         An RGB image the size of ``image``.
     """
     base = to_pil(image, index)
-    grid = Image.fromarray(_score_map(scores, index).astype(np.float32), "F")
+    values, broken = _score_map(scores, index)
+    grid = Image.fromarray(values.astype(np.float32), "F")
     upsampled = np.asarray(grid.resize(base.size, Image.BILINEAR if smooth else Image.NEAREST))
-    colours = Image.fromarray(colormap(upsampled), "RGB")
-    return Image.blend(base, colours, alpha)
+    colours = colormap(upsampled)
+    if broken.any():
+        mask = Image.fromarray(broken.astype(np.uint8) * 255, "L").resize(base.size, Image.NEAREST)
+        colours[np.asarray(mask) > 0] = NONFINITE_COLOR
+    return Image.blend(base, Image.fromarray(colours, "RGB"), alpha)
 
 
 def _edges(partition: Partition, index: int) -> tuple[np.ndarray, np.ndarray]:
@@ -214,7 +233,8 @@ def draw_partition(
         image: see :func:`to_pil` (a batched tensor is indexed with ``index``).
         partition: the partition to draw (any resolution: edges are fractions of the image).
         index: the sample of batched inputs.
-        scores: optional (B, h, w) or (h, w) scores drawn first as a heat map (:func:`heatmap`).
+        scores: optional (B, h, w) or (h, w) scores drawn first as a heat map (:func:`heatmap`;
+            NaN and ±inf cells in :data:`NONFINITE_COLOR`).
         shade: tint each token's sampling area, cycling through ``palette`` along the strip, so
             tokens that straddle two rows show up in both.
         line_color, line_width: the boundary lines.
