@@ -40,6 +40,7 @@ import platform
 import statistics
 import sys
 import time
+import warnings
 import weakref
 from collections.abc import Callable
 from pathlib import Path
@@ -230,6 +231,8 @@ def build(args, device: torch.device) -> dict:
 
 
 def run(args) -> dict:
+    # Timing only: a random frozen scorer costs what a trained one does, so its warning is noise here.
+    warnings.filterwarnings("ignore", message="the DART scorer's backbone is frozen but randomly initialised")
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
