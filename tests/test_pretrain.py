@@ -1,6 +1,7 @@
 """tools/pretrain_in1k.py end to end on a tiny ImageFolder of real photo crops (CPU)."""
 
 import os
+import re
 import subprocess
 import sys
 
@@ -97,6 +98,12 @@ def train_losses(out):
     return {r["global_step"]: r["loss"] for r in read_jsonl(out / "log.jsonl") if r["event"] == "train"}
 
 
+def epoch_records(out):
+    """The epoch records without their wall-clock fields."""
+    return [{k: v for k, v in r.items() if k not in ("time", "images_per_s", "ema_images_per_s")}
+            for r in read_jsonl(out / "log.jsonl") if r["event"] == "epoch"]
+
+
 def test_kill_mid_epoch_and_resume_matches_uninterrupted_run(data_dir, trained, tmp_path):
     full_dir, full = trained
     assert full["epoch"] == 2 and full["global_step"] == 12  # 2 epochs x 24 images / batch 4
@@ -105,7 +112,9 @@ def test_kill_mid_epoch_and_resume_matches_uninterrupted_run(data_dir, trained, 
     partial = load_checkpoint(tmp_path / "last.pth")
     assert (partial["epoch"], partial["step_in_epoch"], partial["global_step"]) == (1, 2, 8)  # step 9 is lost
 
-    main([*COMMON, "--data-dir", data_dir, "--output-dir", str(tmp_path), "--resume", "auto"])
+    # the resume names no model flags: the model (and its input size) come from the checkpoint
+    resume_args = COMMON[len(VIT):]
+    main([*resume_args, "--data-dir", data_dir, "--output-dir", str(tmp_path), "--resume", "auto"])
     a = load_checkpoint(full_dir / "last.pth")
     b = load_checkpoint(tmp_path / "last.pth")
     assert (b["epoch"], b["global_step"]) == (2, 12)
@@ -116,6 +125,10 @@ def test_kill_mid_epoch_and_resume_matches_uninterrupted_run(data_dir, trained, 
     assert a["scheduler"] == b["scheduler"] and a["rng"][0]["python"] == b["rng"][0]["python"]
     assert train_losses(tmp_path) == train_losses(full_dir)  # every step, before and after the kill
     assert len(set(train_losses(full_dir).values())) == 12
+    # the resumed epoch's train_loss averages all its steps, those before the kill included
+    assert epoch_records(tmp_path) == epoch_records(full_dir)
+    losses = train_losses(full_dir)
+    assert epoch_records(full_dir)[1]["train_loss"] == sum(losses[s] for s in range(7, 13)) / 6
 
 
 def tiny_vit(state):
@@ -129,8 +142,8 @@ def tiny_vit(state):
 
 def test_eval_matches_per_image_oracle(data_dir, trained, tmp_path):
     full_dir, full = trained
-    eval_args = [*VIT, "--data-dir", data_dir, "--output-dir", str(tmp_path), "--num-workers", "0", "--no-progress"]
-    stats = main(["--eval", "--checkpoint", str(full_dir / "last.pth"), *eval_args])
+    plain = ["--data-dir", data_dir, "--output-dir", str(tmp_path), "--num-workers", "0", "--no-progress"]
+    stats = main(["--eval", "--checkpoint", str(full_dir / "last.pth"), *VIT, *plain])
     ckpt = load_checkpoint(full_dir / "last.pth")
     model = tiny_vit(ckpt["model"])
     top1, loss = reference_eval(model, data_dir, 32)
@@ -139,7 +152,8 @@ def test_eval_matches_per_image_oracle(data_dir, trained, tmp_path):
     assert stats["params"] == sum(p.numel() for p in model.parameters())
     assert stats["gflops"] * 1e9 == pytest.approx(count_flops(model, torch.zeros(1, 3, 32, 32)))
     assert stats["images_per_s"] > 0
-    ema = main(["--eval", "--eval-ema", "--checkpoint", str(full_dir / "last.pth"), *eval_args])
+    # no model flags: the model, its kwargs and input size come from the checkpoint
+    ema = main(["--eval", "--eval-ema", "--checkpoint", str(full_dir / "last.pth"), *plain])
     assert ema["loss"] == pytest.approx(reference_eval(tiny_vit(ckpt["ema"]), data_dir, 32)[1], rel=1e-5)
     assert ema["top1"] == pytest.approx(full["ema_top1"])
     assert [r["event"] for r in read_jsonl(tmp_path / "log.jsonl")] == ["eval", "eval"]
@@ -186,12 +200,24 @@ def test_dart_model_trains_with_scorer_and_published_checkpoint_evaluates(data_d
     model = timm.create_model("deit_tiny_dart_patch16_448", img_size=64, patch_size=8, embed_dim=32, depth=1,
                               num_heads=2, num_tokens=12, num_classes=3)
     model.load_state_dict(ckpt["model"])
+    top1, loss = reference_eval(model, data_dir, 64)
+    # our checkpoint evaluates with the token budget and scorer it was trained with (12 tokens,
+    # mobilenet_v3_small) though the command names neither; a flag that disagrees is refused
+    eval_args = ["--data-dir", data_dir, "--output-dir", str(tmp_path / "eval"), "--num-workers", "0", "--no-progress"]
+    own = main(["--eval", "--checkpoint", str(tmp_path / "train" / "last.pth"), *DART[:4], *eval_args])
+    assert own["top1"] == pytest.approx(top1) and own["loss"] == pytest.approx(loss, rel=1e-5)
+    with pytest.raises(UsageError, match="--num-tokens 16 disagrees with .*last.pth, which was trained with "
+                                         "--num-tokens 12: drop --num-tokens"):
+        main(["--eval", "--checkpoint", str(tmp_path / "train" / "last.pth"), *DART[:4], "--num-tokens", "16",
+              *eval_args])
+    # --pretrained loads the weights into the model the flags describe: here with another token budget
+    other = main(["--eval", "--pretrained", str(tmp_path / "train" / "last.pth"), *DART[:4], "--num-tokens", "16",
+                  *eval_args])
+    assert other["loss"] != pytest.approx(loss, rel=1e-5)
     published = tmp_path / "darvit-tiny.pth"
     torch.save({"model": published_layout(ckpt["model"]), "epoch": 299,
                 "args": argparse.Namespace(model="darvit_tiny", lr=5e-4)}, published)
-    stats = main(["--eval", "--checkpoint", str(published), *DART, "--data-dir", data_dir, "--output-dir",
-                  str(tmp_path / "eval"), "--num-workers", "0", "--no-progress"])
-    top1, loss = reference_eval(model, data_dir, 64)
+    stats = main(["--eval", "--checkpoint", str(published), *DART, *eval_args])
     assert stats["top1"] == pytest.approx(top1) and stats["loss"] == pytest.approx(loss, rel=1e-5)
     scorer_params = sum(p.numel() for p in model.patch_embed.scorer.parameters())
     assert stats["params"] == sum(p.numel() for p in model.parameters())
@@ -246,6 +272,7 @@ def test_two_processes_under_torchrun_and_exact_resume(data_dir, tmp_path):
     again = load_checkpoint(tmp_path / "killed" / "last.pth")
     assert again["global_step"] == 6 and weights_equal(again["model"], ckpt["model"])
     assert train_losses(tmp_path / "killed") == train_losses(tmp_path / "full")
+    assert epoch_records(tmp_path / "killed") == epoch_records(tmp_path / "full")
 
 
 # ---------------------------------------------------------------- clear errors and configuration
@@ -282,6 +309,22 @@ def test_class_count_disagreeing_with_checkpoint(data_dir, trained, tmp_path):
     assert tuned["head.weight"].shape == (2, 32)
     assert weights_equal({k: v for k, v in source.items() if not k.startswith("head.")},
                          {k: v for k, v in tuned.items() if not k.startswith("head.")})
+
+
+def test_checkpoint_that_does_not_fit_the_model_is_a_one_line_error(data_dir, trained, tmp_path, monkeypatch,
+                                                                      capsys):
+    import pretrain_in1k
+
+    torch.save({"model": load_checkpoint(trained[0] / "last.pth")["model"]}, tmp_path / "plain.pth")
+    shallow = [*VIT[:3], VIT[3].replace("depth: 2", "depth: 1"), *VIT[4:]]
+    monkeypatch.setattr(sys, "argv", ["pretrain_in1k", "--eval", "--checkpoint", str(tmp_path / "plain.pth"), *shallow,
+                                      "--data-dir", data_dir, "--output-dir", str(tmp_path), "--num-workers", "0"])
+    with pytest.raises(SystemExit) as exit_info:
+        pretrain_in1k.cli()
+    err = capsys.readouterr().err.strip()
+    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert re.match(r"pretrain_in1k: error: checkpoint .*plain.pth does not fit the model; unexpected keys "
+                    r"\(\d+\): blocks\.1\..*; check that --model, --model-kwargs", err)
 
 
 def test_input_size_the_model_cannot_take(data_dir, tmp_path):

@@ -4,6 +4,8 @@ torchrun helpers and FLOP counting."""
 import argparse
 import os
 import random
+import stat
+import time
 
 import numpy as np
 import pytest
@@ -12,6 +14,7 @@ from dart_core.training import (
     CheckpointError,
     EpochSampler,
     JsonlLogger,
+    RunningMean,
     SeededDataset,
     all_gather_objects,
     all_reduce_sum,
@@ -77,14 +80,96 @@ def test_checkpoint_save_is_atomic(tmp_path):
 def test_checkpoint_refuses_unlisted_class_with_clear_error(tmp_path):
     path = tmp_path / "evil.pth"
     torch.save({"x": Untrusted()}, path)
-    with pytest.raises(CheckpointError, match="Untrusted.*extra_safe_globals"):
+    with pytest.raises(CheckpointError, match="Untrusted.*extra_safe_globals") as error:
         load_checkpoint(path)
+    assert error.value.refused == (f"{__name__}.Untrusted",) and error.value.path == str(path)
+    torch.save({"x": Untrusted()}, tmp_path / "legacy.pth", _use_new_zipfile_serialization=False)
+    with pytest.raises(CheckpointError, match="holds .*Untrusted") as error:
+        load_checkpoint(tmp_path / "legacy.pth")
+    assert error.value.refused == (f"{__name__}.Untrusted",)
     assert isinstance(load_checkpoint(path, extra_safe_globals=[Untrusted])["x"], Untrusted)
 
 
 def test_checkpoint_missing_file(tmp_path):
-    with pytest.raises(CheckpointError, match="does not exist"):
+    with pytest.raises(CheckpointError, match="does not exist") as error:
         load_checkpoint(tmp_path / "nope.pth")
+    assert error.value.refused is None
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint", b"\x80\x02}q\x00", b"PK\x03\x04 truncated zip"])
+def test_checkpoint_unreadable_file(tmp_path, content):
+    (tmp_path / "bad.pth").write_bytes(content)
+    with pytest.raises(CheckpointError, match="is not a readable torch.save file") as error:
+        load_checkpoint(tmp_path / "bad.pth")
+    assert error.value.refused is None
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077, 0o002])
+def test_checkpoint_gets_the_permissions_of_a_plain_open(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        save_checkpoint({"v": torch.ones(2)}, tmp_path / "ckpt.pth")
+        with open(tmp_path / "plain", "wb"):
+            pass
+    finally:
+        os.umask(old)
+    mode = stat.S_IMODE(os.stat(tmp_path / "ckpt.pth").st_mode)
+    assert mode == stat.S_IMODE(os.stat(tmp_path / "plain").st_mode) == 0o666 & ~umask
+
+
+def test_checkpoint_save_removes_stale_temporaries_of_its_own_destination_only(tmp_path):
+    """A save killed mid-write leaves ``last.pth.<random>.tmp``; the next save to last.pth removes
+    such files last written before this process started, and nothing else."""
+    def touch(name, age_s):
+        (tmp_path / name).write_bytes(b"partial")
+        os.utime(tmp_path / name, (time.time() - age_s, time.time() - age_s))
+
+    touch("last.pth.k2_9xq1a.tmp", 3600)  # mkstemp-style leftover of a killed earlier run
+    touch("last.pth.0a1b2c3d4e5f.tmp", 3600)
+    touch("last.pth.4f3e2d1c0b0a.tmp", 0)  # being written right now (by another live process)
+    touch("best.pth.0a1b2c3d4e5f.tmp", 3600)  # another destination's
+    touch("last.pth.tmp", 3600)  # not the temporary pattern
+    touch("last.pth.a.b.tmp", 3600)
+    touch("notes.txt", 3600)
+    save_checkpoint({"v": torch.ones(2)}, tmp_path / "last.pth")
+    assert sorted(os.listdir(tmp_path)) == sorted(["last.pth", "last.pth.4f3e2d1c0b0a.tmp", "best.pth.0a1b2c3d4e5f.tmp",
+                                                   "last.pth.tmp", "last.pth.a.b.tmp", "notes.txt"])
+    assert torch.equal(load_checkpoint(tmp_path / "last.pth")["v"], torch.ones(2))
+
+
+def test_mapping_arg_refuses_yaml_that_cannot_be_meant():
+    from dart_core.training.arguments import mapping_arg
+
+    assert mapping_arg("{depth: 2, img_size: [32, 32], scorer_batch_stats: true}") == {
+        "depth": 2, "img_size": [32, 32], "scorer_batch_stats": True}
+    assert mapping_arg('{"depth": 2}') == {"depth": 2}
+    # YAML reads '{depth:2}' as {'depth:2': None}, which timm.create_model would silently drop
+    with pytest.raises(argparse.ArgumentTypeError, match=r"key 'depth:2' .*write '\{depth: 2\}', a space after each"):
+        mapping_arg("{depth:2}")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"write '\{embed_dim: 32\}'"):
+        mapping_arg("{depth: 2, embed_dim:32}")
+    with pytest.raises(argparse.ArgumentTypeError, match=r"'depth' has no value"):
+        mapping_arg("{depth: }")
+    with pytest.raises(argparse.ArgumentTypeError, match="key 1 is not an argument name"):
+        mapping_arg("{1: 2}")
+    with pytest.raises(argparse.ArgumentTypeError, match="expected a mapping"):
+        mapping_arg("[1, 2]")
+
+
+def test_running_mean_survives_a_checkpoint(tmp_path):
+    losses = [0.5, 0.25, 1.0 / 3.0, 0.1]
+    whole = RunningMean()
+    for loss in losses:
+        whole.add(loss)
+    first = RunningMean()
+    for loss in losses[:2]:
+        first.add(loss)
+    save_checkpoint({"loss": first.state_dict()}, tmp_path / "ckpt.pth")
+    resumed = RunningMean()
+    resumed.load_state_dict(load_checkpoint(tmp_path / "ckpt.pth")["loss"])
+    for loss in losses[2:]:
+        resumed.add(loss)
+    assert resumed.mean == whole.mean == sum(losses) / len(losses)
 
 
 # ---------------------------------------------------------------- RNG

@@ -8,6 +8,10 @@ Several nodes:      torchrun --nnodes=4 --nproc_per_node=8 --rdzv_backend=c10d -
 Resume:             the same command with --resume auto (or --resume PATH/last.pth)
 Evaluate:           python tools/pretrain_in1k.py --eval --checkpoint darvit-tiny.pth --data-dir ... \
                         --model deit_tiny_dart_patch16_448 --model-kwargs '{scorer_batch_stats: true}'
+                    (with --resume, or --eval --checkpoint of our own checkpoint, the model flags
+                    --model, --model-kwargs, --num-tokens, --scorer, --scorer-version, --drop-path and
+                    --input-size default to the checkpoint's and must agree with it when given;
+                    --eval --pretrained PATH loads its weights into the model the flags describe)
                     (a published darvit-*.pth goes through dart_core's converter; the published
                     scorers standardise with batch statistics, hence scorer_batch_stats). Reports
                     top-1/top-5, parameters and FLOPs per image (both including the scorer) and
@@ -23,6 +27,7 @@ Logs: ``<output-dir>/log.jsonl`` (one JSON object per line), optional TensorBoar
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import math
 import os
@@ -36,11 +41,18 @@ import dart_core.mamba  # noqa: E402,F401  (registers Vim and Vim + DART)
 import timm  # noqa: E402
 import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
-from dart_core.checkpoint import convert_published_state_dict, load_exact, read_state_dict  # noqa: E402
+from dart_core.checkpoint import (  # noqa: E402
+    CheckpointMismatchError,
+    convert_published_state_dict,
+    load_exact,
+    read_state_dict,
+)
 from dart_core.training import (  # noqa: E402
+    CheckpointError,
     DistContext,
     EpochSampler,
     JsonlLogger,
+    RunningMean,
     all_gather_objects,
     all_reduce_sum,
     capture_rng_state,
@@ -56,7 +68,7 @@ from dart_core.training import (  # noqa: E402
     teardown_distributed,
     train_epoch,
 )
-from pretrain_config import UsageError, parse_args, plain_args, scaled_lr  # noqa: E402
+from pretrain_config import UsageError, build_parser, parse_args, plain_args, scaled_lr  # noqa: E402
 from pretrain_data import build_mixup, build_transforms, check_same_classes, image_folder, make_loader  # noqa: E402
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # noqa: E402
 from timm.optim import create_optimizer_v2  # noqa: E402
@@ -67,27 +79,49 @@ from tqdm import tqdm  # noqa: E402
 
 CHECKPOINT_FORMAT = "dart-pretrain-1"
 
+# create_model keyword arguments the tool passes from flags: always, and (DART) when the flag is given.
+ALWAYS_KWARGS = {"drop_path_rate": "drop_path"}
+DART_KWARGS = {"scorer_backbone": "scorer", "scorer_weights": "scorer_weights", "scorer_version": "scorer_version",
+               "num_tokens": "num_tokens"}
+
+# The flags that define the model a checkpoint was trained as: --resume and --eval take their
+# values from the checkpoint unless they are given.
+MODEL_FLAGS = ("model", "model_kwargs", "num_tokens", "scorer", "scorer_version", "drop_path", "input_size")
+
 
 # ---------------------------------------------------------------- model
+
+
+def flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def check_model_kwargs(args) -> None:
+    """Refuse --model-kwargs keys that the tool passes to create_model itself (which would crash
+    with "got multiple values for keyword argument")."""
+    for key in args.model_kwargs:
+        if key == "num_classes":
+            raise UsageError("--model-kwargs cannot set 'num_classes': it comes from the data (the number of class "
+                             "folders in train/ and val/)")
+        dest = ALWAYS_KWARGS.get(key)
+        if key in DART_KWARGS and getattr(args, DART_KWARGS[key]) is not None:
+            dest = DART_KWARGS[key]
+        if dest is not None:
+            raise UsageError(f"--model-kwargs cannot set {key!r}, which {flag(dest)} sets: use {flag(dest)} alone")
 
 
 def build_model(args, num_classes: int) -> torch.nn.Module:
     """``timm.create_model(args.model)`` with the DART options folded into its kwargs."""
     if not timm.is_model(args.model):
         raise UsageError(f"unknown model {args.model!r}: use a timm.create_model name (timm.list_models('*dart*'))")
-    dart_opts = {
-        "scorer_backbone": args.scorer,
-        "scorer_weights": args.scorer_weights,
-        "scorer_version": args.scorer_version,
-        "num_tokens": args.num_tokens,
-    }
-    dart_opts = {k: v for k, v in dart_opts.items() if v is not None}
+    check_model_kwargs(args)
+    dart_opts = {key: getattr(args, dest) for key, dest in DART_KWARGS.items() if getattr(args, dest) is not None}
     kwargs = dict(args.model_kwargs, **dart_opts)
     try:
         return timm.create_model(args.model, num_classes=num_classes, drop_path_rate=args.drop_path, **kwargs)
     except TypeError as e:
         if dart_opts and "unexpected keyword" in str(e):
-            flags = ", ".join("--" + k.replace("scorer_backbone", "scorer").replace("_", "-") for k in dart_opts)
+            flags = ", ".join(flag(DART_KWARGS[k]) for k in dart_opts)
             raise UsageError(f"{flags} only apply to DART models; {args.model!r} is not one ({e})") from e
         raise
 
@@ -155,7 +189,55 @@ def weights_from(path: str, use_ema: bool = False) -> dict:
         return ckpt["model"]
     if use_ema:
         raise UsageError("--eval-ema needs a checkpoint written by pretrain_in1k")
-    return convert_published_state_dict(read_state_dict(path))
+    try:
+        return convert_published_state_dict(read_state_dict(path))
+    except ValueError as e:
+        raise UsageError(f"{e}: give one of our checkpoints or a published DeiT/darvit file") from e
+
+
+# ---------------------------------------------------------------- the checkpoint's model arguments
+
+
+def checkpoint_source(args) -> str | None:
+    """The checkpoint whose model this run continues: --eval's --checkpoint, or --resume (``auto``:
+    the output dir's last.pth when there is one). --pretrained gives weights only: the flags say
+    which model they go into."""
+    if args.eval:
+        if not (args.checkpoint or args.pretrained):
+            raise UsageError("--eval needs --checkpoint PATH (one of our checkpoints or a published DeiT/darvit file)")
+        return args.checkpoint
+    if args.resume == "auto":
+        last = os.path.join(args.output_dir, "last.pth")
+        return last if os.path.isfile(last) else None
+    return args.resume
+
+
+def given_flags(args, argv: list[str] | None) -> set[str]:
+    """The destinations the user set: on the command line, or (differing from the built-in
+    default) in the --config file."""
+    parser = build_parser()
+    given = {a.dest for a in parser._actions if getattr(args, a.dest, a.default) != a.default}
+    for action in parser._actions:
+        action.default = argparse.SUPPRESS
+    return given | set(vars(parser.parse_known_args(argv)[0]))
+
+
+def adopt_model_args(args, ckpt: dict, source: str, given: set[str]) -> None:
+    """Take the model flags (``MODEL_FLAGS``) the checkpoint was trained with as the defaults;
+    refuse a given flag that disagrees with them."""
+    stored = dict(ckpt.get("args") or {}, model=ckpt["model_name"])
+    for dest in MODEL_FLAGS:
+        if dest not in stored:
+            continue
+        if dest not in given:
+            setattr(args, dest, stored[dest])
+        elif getattr(args, dest) != stored[dest]:
+            theirs = "the model's default" if stored[dest] is None else repr(stored[dest])
+            raise UsageError(
+                f"{flag(dest)} {getattr(args, dest)!r} disagrees with {source}, which was trained with {flag(dest)} "
+                f"{theirs}: drop {flag(dest)} (the checkpoint's value is the default), or load its weights into "
+                "the model the flags describe with --pretrained PATH"
+            )
 
 
 # ---------------------------------------------------------------- evaluation
@@ -247,6 +329,7 @@ class Trainer:
         else:
             self.criterion = torch.nn.CrossEntropyLoss()
         self.epoch, self.step_in_epoch, self.global_step, self.best_top1 = 0, 0, 0, None
+        self.epoch_loss = RunningMean()  # this epoch's training loss so far (kept across a resume)
 
     def state_dict(self, classes: list[str]) -> dict:
         rng = all_gather_objects(capture_rng_state())  # every rank's RNGs (collective)
@@ -260,6 +343,7 @@ class Trainer:
             "ema": self.ema.module.state_dict() if self.ema is not None else None,
             "epoch": self.epoch,
             "step_in_epoch": self.step_in_epoch,
+            "epoch_loss": self.epoch_loss.state_dict(),
             "global_step": self.global_step,
             "steps_per_epoch": self.steps_per_epoch,
             "world_size": self.ctx.world_size,
@@ -281,9 +365,6 @@ class Trainer:
         ckpt = load_checkpoint(path)
         if not (isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT):
             raise UsageError(f"{path} is not a pretrain_in1k checkpoint; start from other weights with --pretrained")
-        if ckpt["model_name"] != self.args.model:
-            raise UsageError(f"{path} was trained as {ckpt['model_name']!r}, not {self.args.model!r}; pass --model "
-                             f"{ckpt['model_name']}")
         state = fit_classifier(self.model, ckpt["model"], num_classes, path, self.args.data_dir)
         load_exact(self.model, state, source=path)
         self.optimizer.load_state_dict(ckpt["optimizer"])
@@ -293,6 +374,8 @@ class Trainer:
             self.ema.module.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])
         self.epoch, self.step_in_epoch = ckpt["epoch"], ckpt["step_in_epoch"]
         self.global_step, self.best_top1 = ckpt["global_step"], ckpt["best_top1"]
+        if "epoch_loss" in ckpt:  # absent from checkpoints written before it was kept
+            self.epoch_loss.load_state_dict(ckpt["epoch_loss"])
         same_layout = (ckpt["world_size"], ckpt["batch_size"], ckpt["accum_steps"], ckpt["steps_per_epoch"]) == (
             self.ctx.world_size, self.args.batch_size, self.args.accum_steps, self.steps_per_epoch)
         if self.step_in_epoch and not same_layout:
@@ -349,7 +432,8 @@ def log_train_scalars(writer, loss: float, lr: float, global_step: int) -> None:
     writer.add_scalar("train/lr", lr, global_step)
 
 
-def train(args, ctx: DistContext, model, train_ds, val_ds, logger: JsonlLogger) -> dict:
+def train(args, ctx: DistContext, model, train_ds, val_ds, logger: JsonlLogger, resume: str | None) -> dict:
+    """Train from scratch, ``--pretrained`` weights, or the checkpoint ``resume``."""
     num_classes = len(train_ds.classes)
     if build_mixup(args, num_classes) is not None and args.batch_size % 2:
         raise UsageError(f"Mixup/CutMix need an even --batch-size, got {args.batch_size}")
@@ -361,10 +445,6 @@ def train(args, ctx: DistContext, model, train_ds, val_ds, logger: JsonlLogger) 
             f"than one optimizer step's {args.batch_size} x {args.accum_steps}; lower --batch-size/--accum-steps"
         )
     trainer = Trainer(args, ctx, model, num_classes, steps_per_epoch)
-    resume = args.resume
-    if resume == "auto":
-        resume = os.path.join(args.output_dir, "last.pth")
-        resume = resume if os.path.isfile(resume) else None
     if resume:
         trainer.load(resume, num_classes)
     else:
@@ -385,12 +465,12 @@ def train(args, ctx: DistContext, model, train_ds, val_ds, logger: JsonlLogger) 
     stats: dict = {}
     while trainer.epoch < args.epochs:
         epoch = trainer.epoch
-        losses = train_epoch(
+        train_epoch(
             trainer, trainer.train_step, sampler, loader, steps_per_epoch, args.accum_steps * args.batch_size,
             log_interval=args.log_interval, ckpt_interval=args.ckpt_interval, logger=logger,
             save=lambda: trainer.save(train_ds.classes), progress=not args.no_progress and ctx.is_main,
             on_log=None if writer is None else lambda loss, lr: log_train_scalars(writer, loss, lr, trainer.global_step),
-            kill_at_step=args.debug_kill_at_step,
+            kill_at_step=args.debug_kill_at_step, running=trainer.epoch_loss,
         )
         stats = evaluate(model, val_loader, args, ctx, num_classes)
         improved = trainer.best_top1 is None or stats["top1"] > trainer.best_top1
@@ -401,7 +481,7 @@ def train(args, ctx: DistContext, model, train_ds, val_ds, logger: JsonlLogger) 
         trainer.epoch, trainer.step_in_epoch = epoch + 1, 0
         trainer.save(train_ds.classes, ("last.pth", "best.pth") if improved else ("last.pth",))
         record = dict(event="epoch", epoch=epoch, global_step=trainer.global_step,
-                      train_loss=sum(losses) / max(len(losses), 1), best_top1=trainer.best_top1, **stats)
+                      train_loss=trainer.epoch_loss.mean, best_top1=trainer.best_top1, **stats)
         logger.log(**record)
         if writer is not None:
             for key in ("top1", "top5", "loss"):
@@ -415,8 +495,6 @@ def train(args, ctx: DistContext, model, train_ds, val_ds, logger: JsonlLogger) 
 
 def evaluate_only(args, ctx: DistContext, model, val_ds, input_size: int, logger: JsonlLogger) -> dict:
     source = args.checkpoint or args.pretrained
-    if source is None:
-        raise UsageError("--eval needs --checkpoint PATH (one of our checkpoints or a published DeiT/darvit file)")
     num_classes = len(val_ds.classes)
     state = fit_classifier(model, weights_from(source, use_ema=args.eval_ema), num_classes, source, args.data_dir)
     load_exact(model, state, source=source)
@@ -443,6 +521,12 @@ def main(argv: list[str] | None = None) -> dict:
     ctx = init_distributed(args.device)
     ok = False
     try:
+        source = checkpoint_source(args)
+        if source is not None:
+            ckpt = load_checkpoint(source)
+            if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
+                adopt_model_args(args, ckpt, source, given_flags(args, argv))
+            del ckpt  # Trainer.load / weights_from read it again: no second copy stays in memory
         seed_everything(args.seed)  # identical model initialisation on every rank
         val_ds = image_folder(args.data_dir, "val", None)
         train_ds = None
@@ -462,7 +546,7 @@ def main(argv: list[str] | None = None) -> dict:
             ok = True
             return result
         train_ds.transform = train_tf
-        result = train(args, ctx, model, train_ds, val_ds, logger)
+        result = train(args, ctx, model, train_ds, val_ds, logger, source)
         ok = True
         return result
     finally:
@@ -470,11 +554,28 @@ def main(argv: list[str] | None = None) -> dict:
         torch.use_deterministic_algorithms(was_deterministic)
 
 
+def checkpoint_problem(error: CheckpointError | CheckpointMismatchError) -> str:
+    """One line for the user of the command line (who cannot pass ``extra_safe_globals``)."""
+    if isinstance(error, CheckpointMismatchError):
+        findings = [line.strip() for line in str(error).splitlines()[:-1]]  # the last line is library advice
+        return "; ".join([*findings, "check that --model, --model-kwargs, --num-tokens, --scorer and --scorer-version "
+                                     "describe the model the file holds"])
+    if error.refused is not None:
+        what = ", ".join(error.refused) or "a Python object outside the allow-list"
+        return (f"checkpoint {error.path!r} holds {what}; pretrain_in1k loads checkpoints weights-only and will not "
+                "unpickle it. Re-save it with plain tensors and containers, e.g. "
+                "torch.save({'model': model.state_dict()}, PATH)")
+    return " ".join(str(error).split())
+
+
 def cli() -> None:
     try:
         main()
     except UsageError as e:
         sys.exit(f"pretrain_in1k: error: {e}")
+    except (CheckpointError, CheckpointMismatchError) as e:
+        print(f"pretrain_in1k: error: {checkpoint_problem(e)}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -14,7 +14,7 @@ from .distributed import (
 )
 from .flops import count_flops, count_params, unfused_attention
 from .jsonl import JsonlLogger, read_jsonl
-from .loop import train_epoch
+from .loop import RunningMean, train_epoch
 from .rng import capture_rng_state, restore_rng_state, seed_everything, seeded_rng
 from .step import optimizer_update
 
@@ -24,6 +24,7 @@ __all__ = [
     "DistContext",
     "EpochSampler",
     "JsonlLogger",
+    "RunningMean",
     "SeededDataset",
     "all_gather_objects",
     "all_reduce_sum",

@@ -1,8 +1,11 @@
 """Checkpoints that never corrupt and never execute code.
 
-``save_checkpoint`` writes to a temporary file in the destination's directory, fsyncs it, then
-``os.replace``-s it over the destination (and fsyncs the directory), so a crash at any moment
-leaves either the old file or the new one, never a torn one.
+``save_checkpoint`` writes to a temporary file ``<name>.<random>.tmp`` in the destination's
+directory, fsyncs it, then ``os.replace``-s it over the destination (and fsyncs the directory), so
+a crash at any moment leaves either the old file or the new one, never a torn one. The file gets
+the permissions a plain ``open(path, "wb")`` would give (0666 less the umask). A process killed
+mid-write leaves its temporary behind; the next save to the same destination removes such
+leftovers (see ``_remove_stale_temporaries`` for the rule that keeps live writers safe).
 
 ``load_checkpoint`` always uses ``torch.load(weights_only=True)``. Plain containers, numbers,
 strings and tensors load as they are; the only extra Python classes allowed are those in
@@ -15,7 +18,9 @@ from __future__ import annotations
 import argparse
 import os
 import pickle
-import tempfile
+import re
+import secrets
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -26,16 +31,80 @@ import torch
 SAFE_GLOBALS: tuple[Any, ...] = (argparse.Namespace,)
 
 
+# When this module was imported: no save of this process can have begun before it.
+_PROCESS_START = time.time()
+# File-system timestamps can be coarse (FAT: 2 s) and are compared across clocks: a safety margin.
+_MTIME_SLACK_S = 2.0
+
+
 class CheckpointError(RuntimeError):
-    """A checkpoint file is missing, unreadable, or holds something we refuse to unpickle."""
+    """A checkpoint file is missing, unreadable, or holds something we refuse to unpickle.
+
+    Attributes:
+        path: the file.
+        refused: for a refused unpickle, the names of the refused classes (empty when torch could
+            not name them); None for any other problem. Command-line tools use these to word their
+            own advice (they cannot pass ``extra_safe_globals``).
+    """
+
+    def __init__(self, message: str, path: str | None = None, refused: tuple[str, ...] | None = None):
+        super().__init__(message)
+        self.path, self.refused = path, refused
+
+
+def _temp_pattern(name: str) -> re.Pattern:
+    """``<name>.<random>.tmp``: our temporaries (and those of earlier versions, made by mkstemp)."""
+    return re.compile(re.escape(name) + r"\.[A-Za-z0-9_]+\.tmp")
+
+
+def _create_temp(directory: str, name: str) -> tuple[int, str]:
+    """A new ``<name>.<random>.tmp`` opened for writing, created with mode 0666 so that the kernel
+    applies the umask (and any default ACL) exactly as for a plain ``open()``."""
+    flags = os.O_WRONLY | os.O_CREAT | os.O_EXCL | getattr(os, "O_BINARY", 0)
+    while True:
+        tmp = os.path.join(directory, f"{name}.{secrets.token_hex(6)}.tmp")
+        try:
+            return os.open(tmp, flags, 0o666), tmp
+        except FileExistsError:
+            continue
+
+
+def _remove_stale_temporaries(path: str) -> None:
+    """Delete the temporaries that earlier, killed saves to ``path`` left in its directory;
+    ``path`` itself was just written (its modification time is "now" on the file system's clock).
+
+    Rule: only files named ``<basename>.<random>.tmp`` (this destination's own pattern, never
+    another file's) that nobody has written to since before this process started. A live writer
+    keeps touching its temporary while ``torch.save`` streams into it, and this process's own saves
+    all began after it started, so neither is removed. The cut-off is converted to the file
+    system's clock (through ``path``'s fresh modification time) so that a network file system's
+    clock skew cannot make a live file look old. Failures are ignored: the save itself succeeded.
+    """
+    directory, name = os.path.split(os.path.abspath(path))
+    pattern = _temp_pattern(name)
+    try:
+        cutoff = _PROCESS_START - _MTIME_SLACK_S + os.stat(path).st_mtime - time.time()
+        entries = list(os.scandir(directory))
+    except OSError:
+        return
+    for entry in entries:
+        if not pattern.fullmatch(entry.name):
+            continue
+        try:
+            if entry.is_file(follow_symlinks=False) and entry.stat(follow_symlinks=False).st_mtime < cutoff:
+                os.unlink(entry.path)
+        except OSError:  # removed meanwhile by another process, or not ours to remove: leave it
+            continue
 
 
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
-    """Atomically write ``obj`` with ``torch.save`` to ``path`` (parent directories are created)."""
+    """Atomically write ``obj`` with ``torch.save`` to ``path`` (parent directories are created),
+    with the permissions a plain ``open()`` would give, removing stale temporaries of earlier
+    killed saves to the same path."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=os.path.basename(path) + ".", suffix=".tmp", dir=directory)
+    fd, tmp = _create_temp(directory, os.path.basename(path))
     try:
         with os.fdopen(fd, "wb") as f:
             torch.save(obj, f)
@@ -47,6 +116,7 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
             os.unlink(tmp)
         raise
     _fsync_dir(directory)
+    _remove_stale_temporaries(path)
 
 
 def _fsync_dir(directory: str) -> None:
@@ -75,26 +145,54 @@ def load_checkpoint(
         extra_safe_globals: further classes/functions the caller trusts this file to hold.
 
     Raises:
-        CheckpointError: the file does not exist, or it holds a Python object outside the
-            allow-list (the message names it and says how to allow it).
+        CheckpointError: the file does not exist, is not a torch.save file, or holds a Python
+            object outside the allow-list (the message names it and says how to allow it; the
+            names are also in ``refused``).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise CheckpointError(f"checkpoint {path!r} does not exist (check the path).")
+        raise CheckpointError(f"checkpoint {path!r} does not exist (check the path).", path)
     allowed = list(SAFE_GLOBALS) + list(extra_safe_globals)
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location=map_location, weights_only=True)
     except pickle.UnpicklingError as e:
-        try:
-            unsafe = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-        except Exception:  # not a zip checkpoint: fall back to torch's own message
-            unsafe = []
-        allowed_names = {f"{getattr(g, '__module__', '')}.{getattr(g, '__qualname__', g)}" for g in allowed}
-        unsafe = [u for u in unsafe if u not in allowed_names]
+        unsafe = _refused_globals(path, e, allowed)
+        if not unsafe and "Unsupported operand" in str(e):  # not a pickle at all (a text file, ...)
+            raise _unreadable(path, e) from e
         what = ", ".join(unsafe) if unsafe else "an object outside the allow-list"
         raise CheckpointError(
             f"checkpoint {path!r} holds {what}, which weights-only loading refuses to unpickle. "
             "If you trust this file, pass the class(es) in extra_safe_globals; otherwise re-save "
-            f"it with plain tensors and containers. (torch said: {str(e).splitlines()[0]})"
+            f"it with plain tensors and containers. (torch said: {_first_line(e)})",
+            path,
+            refused=tuple(unsafe),
         ) from e
+    except (RuntimeError, EOFError, KeyError, ValueError) as e:  # torch's errors for a non-checkpoint
+        raise _unreadable(path, e) from e
+
+
+def _refused_globals(path: str, error: Exception, allowed: list[Any]) -> list[str]:
+    """The names of the classes/functions in ``path`` outside the allow-list."""
+    try:
+        names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
+    except Exception:  # not a zip checkpoint (legacy format): the name torch's message gives
+        names = re.findall(r"GLOBAL (\S+?)[ ,.]*(?:was not an allowed|whose module)", str(error))
+    allowed_names = {f"{getattr(g, '__module__', '')}.{getattr(g, '__qualname__', g)}" for g in allowed}
+    return [name for name in names if name not in allowed_names]
+
+
+def _unreadable(path: str, error: Exception) -> CheckpointError:
+    return CheckpointError(
+        f"checkpoint {path!r} is not a readable torch.save file (truncated, or another format?). "
+        f"(torch said: {type(error).__name__}: {_first_line(error)})",
+        path,
+    )
+
+
+def _first_line(error: BaseException) -> str:
+    """The informative line of torch's message (for weights-only failures, the unpickler's finding)."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if lines and lines[0].startswith("Weights only load failed"):
+        lines = [line for line in lines if "Unsupported" in line or "Trying to load" in line] or lines
+    return lines[0] if lines else ""

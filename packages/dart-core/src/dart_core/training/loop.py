@@ -13,6 +13,34 @@ from .data import EpochSampler
 from .jsonl import JsonlLogger
 
 
+class RunningMean:
+    """The mean training loss of the current epoch, kept across a mid-epoch checkpoint.
+
+    The sum is accumulated step by step in the same order either way, so a resumed epoch reports
+    exactly the mean an uninterrupted one does.
+    """
+
+    def __init__(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    def add(self, value: float) -> None:
+        self.total += value
+        self.count += 1
+
+    def reset(self) -> None:
+        self.total, self.count = 0.0, 0
+
+    @property
+    def mean(self) -> float:
+        return self.total / max(self.count, 1)
+
+    def state_dict(self) -> dict[str, float | int]:
+        return {"total": self.total, "count": self.count}
+
+    def load_state_dict(self, state: dict[str, float | int]) -> None:
+        self.total, self.count = float(state["total"]), int(state["count"])
+
+
 def train_epoch(
     trainer: Any,
     step: Callable[[Any], float],
@@ -28,6 +56,7 @@ def train_epoch(
     progress: bool = True,
     on_log: Callable[[float, float], None] | None = None,
     kill_at_step: int | None = None,
+    running: RunningMean | None = None,
 ) -> list[float]:
     """Run epoch ``trainer.epoch`` from optimizer step ``trainer.step_in_epoch`` to its end.
 
@@ -43,19 +72,25 @@ def train_epoch(
         ckpt_interval: ``save()`` every this many global steps inside the epoch (the end of the
             epoch is the caller's to save, after evaluation).
         kill_at_step: tests only: SIGKILL the process at this global step, like a pre-empted job.
+        running: the epoch's loss mean, reset at the epoch's first step and fed every step's loss;
+            save it with the checkpoint so that a resumed epoch's mean covers the whole epoch.
 
     Returns:
-        The losses of the steps run.
+        The losses of the steps run (by this call: after a resume, only the rest of the epoch).
     """
     epoch = trainer.epoch
     sampler.set_epoch(epoch)
     sampler.set_start(trainer.step_in_epoch * samples_per_step)
     batches = iter(loader)
     losses = []
+    if running is not None and trainer.step_in_epoch == 0:
+        running.reset()
     with tqdm(total=steps_per_epoch, initial=trainer.step_in_epoch, desc=f"epoch {epoch}", disable=not progress) as bar:
         while trainer.step_in_epoch < steps_per_epoch:
             loss = step(batches)
             losses.append(loss)
+            if running is not None:
+                running.add(loss)
             bar.update(1)
             lr = max(group["lr"] for group in trainer.optimizer.param_groups)
             if trainer.global_step % log_interval == 0 or trainer.step_in_epoch == steps_per_epoch:
