@@ -6,7 +6,10 @@
 
 ``--resume`` alone resumes from the work dir's latest checkpoint; with a path, from that file.
 ``--val`` / ``--test`` evaluate ``--load-from`` (or the config's ``load_from``) on the validation /
-test set instead of training. Without CUDA, torchrun runs use the gloo backend on the CPU.
+test set instead of training; that checkpoint must fit the model exactly (a missing, unexpected or
+misshapen key is an error listing them, never a silently random layer). ``--load-from`` for training
+only initialises: keys that do not fit are skipped and listed in a warning. Without CUDA, torchrun
+runs use the gloo backend on the CPU.
 """
 
 from __future__ import annotations
@@ -52,6 +55,32 @@ def build_config(args: argparse.Namespace) -> Config:
     return cfg
 
 
+def load_strictly(runner: Runner) -> None:
+    """Make ``runner`` load its checkpoint strictly (mmengine's default, ``strict=False``, only warns).
+
+    For ``--val`` / ``--test``: a checkpoint missing some of the model's weights would be evaluated
+    with those layers randomly initialised.
+
+    Raises (when the runner loads): RuntimeError naming the file and listing the missing,
+    unexpected and misshapen keys.
+    """
+    load = runner.load_checkpoint
+
+    def load_checkpoint(filename, map_location="cpu", strict=True, revise_keys=None):  # strict is always True
+        try:
+            return load(filename, map_location, True, revise_keys or [(r"^module.", "")])
+        except RuntimeError as error:
+            if "do not match exactly" not in str(error):  # mmengine's message for keys that do not fit
+                raise
+            raise RuntimeError(
+                f"--val/--test: checkpoint {filename} does not fit the config's model, so part of the model "
+                f"would be evaluated with random weights.\n{error}Pass a checkpoint trained with this config "
+                "(and the same --cfg-options)."
+            ) from error
+
+    runner.load_checkpoint = load_checkpoint
+
+
 def init_cpu_distributed(cfg: Config) -> None:
     """mmengine's pytorch launcher always calls ``torch.cuda.set_device``; without CUDA, join the
     torchrun group over gloo here (the Runner then finds it initialised) and wrap the model in
@@ -71,7 +100,11 @@ def main(argv=None) -> dict | None:
     cfg = build_config(args)
     if args.launcher == "pytorch" and not torch.cuda.is_available():
         init_cpu_distributed(cfg)
+    if (args.val or args.test) and not cfg.get("load_from"):
+        raise ValueError("--val/--test evaluate a checkpoint: pass --load-from CKPT (or set load_from in the config)")
     runner = RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
+    if args.val or args.test:
+        load_strictly(runner)
     if args.val:
         return runner.val()
     if args.test:

@@ -15,6 +15,12 @@ model = dict(
         grid=(32, 32),
         cell_size=16,
         # kwargs of dart_core.scorers.build_scorer (frozen MobileNetV3-Small features[:11] + v1 head).
+        # weights=None leaves the FROZEN scorer backbone random: its features carry no signal, the scores
+        # are rounding noise (std ~1e-8) and the scorer head sees gradient norms of 1e6-1e7. Real runs
+        # must give a local torchvision mobilenet_v3_small state dict:
+        #   --cfg-options model.warp.scorer.weights=/path/to/mobilenet_v3_small.pth
+        # (or load a checkpoint that holds the scorer; dart_core warns on the first forward pass otherwise).
+        # None is only for tests.
         scorer=dict(backbone="mobilenet_v3_small", version="v1", grid_size=(32, 32), weights=None),
     ),
     data_preprocessor=dict(type="DenseDataPreprocessor"),

@@ -31,25 +31,62 @@ from torch.utils.data import Dataset
 
 from .seg_data import read_rgb
 
+# The fields each COCO record needs here (pycocotools and the dataset read them).
+REQUIRED_FIELDS = {("images", "image"): ("id", "file_name", "width", "height"), ("categories", "category"): ("id", "name"),
+                   ("annotations", "annotation"): ("id", "image_id", "category_id", "bbox")}
+
 
 def load_coco(ann_file: str) -> COCO:
-    """Read a COCO annotation file, with clear errors for a missing, empty or image-less file."""
+    """Read a COCO annotation file, with clear errors naming the file (and the record) for a missing,
+    empty, malformed or image-less file, a record without a field it needs, a bbox that is not
+    4 numbers, and an annotation of an image the file does not list."""
     if not osp.isfile(ann_file):
         raise FileNotFoundError(f"annotation file {ann_file} does not exist")
     with open(ann_file) as handle:
         text = handle.read()
     if not text.strip():
         raise ValueError(f"annotation file {ann_file} is empty; expected COCO json with images/annotations/categories")
-    content = json.loads(text)
+    try:
+        content = json.loads(text)
+    except json.JSONDecodeError as error:
+        raise ValueError(f"annotation file {ann_file} is not valid JSON ({error})") from error
+    if not isinstance(content, dict):
+        raise ValueError(f"annotation file {ann_file} holds a JSON {type(content).__name__}; a COCO file is an "
+                         "object with 'images', 'annotations' and 'categories' lists")
     for key in ("images", "categories"):
         if not content.get(key):
             raise ValueError(f"annotation file {ann_file} has no '{key}'; a COCO detection file needs both "
                              "'images' and 'categories' (and 'annotations', possibly empty)")
     content.setdefault("annotations", [])
+    check_records(ann_file, content)
     coco = COCO()
     coco.dataset = content
     coco.createIndex()
     return coco
+
+
+def check_records(ann_file: str, content: dict) -> None:
+    """Raise a ValueError naming the file and the record for the first record COCO loading would
+    trip over (or silently drop)."""
+    for (key, noun), fields in REQUIRED_FIELDS.items():
+        if not isinstance(content[key], list):
+            raise ValueError(f"annotation file {ann_file}: '{key}' is a {type(content[key]).__name__}, not a list")
+        for index, record in enumerate(content[key]):
+            name = f"{noun} {record.get('id', f'#{index}')}" if isinstance(record, dict) else f"{noun} #{index}"
+            missing = [field for field in fields if field not in record] if isinstance(record, dict) else list(fields)
+            if missing:
+                raise ValueError(f"annotation file {ann_file}: {name} has no {', '.join(map(repr, missing))}; "
+                                 f"COCO {key} need {', '.join(fields)}")
+    for ann in content["annotations"]:
+        bbox = ann["bbox"]
+        if not (isinstance(bbox, list) and len(bbox) == 4 and all(isinstance(v, (int, float)) for v in bbox)):
+            raise ValueError(f"annotation file {ann_file}: annotation {ann['id']} has bbox {bbox!r}; "
+                             "expected [x, y, width, height]")
+    image_ids = {image["id"] for image in content["images"]}
+    orphans = [ann["id"] for ann in content["annotations"] if ann["image_id"] not in image_ids]
+    if orphans:
+        raise ValueError(f"annotation file {ann_file}: {len(orphans)} annotation(s) (ids {orphans[:10]}) refer to "
+                         "image ids not in 'images'; add the images or remove the annotations")
 
 
 def coco_category_ids(coco: COCO) -> list[int]:

@@ -98,8 +98,14 @@ def pixel_centres(count: int, batch: int, like: torch.Tensor) -> torch.Tensor:
     return (torch.arange(count, device=like.device, dtype=like.dtype) + 0.5).expand(batch, count)
 
 
-def check_image_sizes(image_sizes: torch.Tensor, batch: int | None = None) -> torch.Tensor:
-    """Validate (B, 2) per-image (H, W) sizes and return them as float64."""
+def check_image_sizes(image_sizes, batch: int | None = None) -> torch.Tensor:
+    """Validate (B, 2) per-image (H, W) sizes (a tensor or a nested sequence such as
+    ``[[480, 640], [300, 400]]``) and return them as a float64 tensor."""
+    try:
+        image_sizes = torch.as_tensor(image_sizes)
+    except (TypeError, ValueError, RuntimeError) as error:
+        raise TypeError(f"image_sizes must be a (B, 2) tensor or nested sequence of (H, W) numbers; got "
+                        f"{image_sizes!r} ({error})") from error
     if image_sizes.dim() != 2 or image_sizes.shape[1] != 2:
         raise ValueError(f"image_sizes must be (B, 2) rows of (H, W); got shape {tuple(image_sizes.shape)}")
     if batch is not None and image_sizes.shape[0] != batch:
