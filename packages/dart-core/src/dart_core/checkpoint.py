@@ -88,7 +88,35 @@ def convert_published_state_dict(state_dict: Mapping[str, torch.Tensor]) -> dict
     return converted
 
 
+def classifier_names(model: torch.nn.Module) -> tuple[str, ...]:
+    """The classifier modules timm's ``pretrained_cfg["classifier"]`` names (``"head"``, or
+    ``("head", "head_dist")`` for distilled DeiT); none without a config."""
+    names = (getattr(model, "pretrained_cfg", None) or {}).get("classifier") or ()
+    return (names,) if isinstance(names, str) else tuple(names)
+
+
+def drop_resized_classifier(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Give the model's own classifier in place of a checkpoint's that does not fit it.
+
+    As timm does when ``num_classes`` differs from the checkpoint's: for each classifier of
+    :func:`classifier_names` whose checkpoint tensors are absent from the model (``num_classes=0``)
+    or shaped otherwise, the checkpoint's ``{name}.*`` entries are replaced by the model's own
+    (fresh) ones. Everything else is left for a strict load to check.
+    """
+    own = model.state_dict()
+    state = dict(state_dict)
+    for name in classifier_names(model):
+        theirs = [key for key in state if key.startswith(f"{name}.")]
+        if any(key not in own or own[key].shape != state[key].shape for key in theirs):
+            for key in theirs:
+                del state[key]
+            state.update({key: value for key, value in own.items() if key.startswith(f"{name}.")})
+    return state
+
+
 def load_published_checkpoint(model: torch.nn.Module, path: PathLike) -> None:
-    """Load a published ``darvit-*.pth`` file (or one of ours) into a DeiT + DART model, or raise
-    :class:`CheckpointMismatchError` listing what does not fit."""
-    load_exact(model, convert_published_state_dict(read_state_dict(path)), source=str(path))
+    """Load a published ``darvit-*.pth`` / ``darvim-*.pth`` file (or one of ours) into a DART model,
+    or raise :class:`CheckpointMismatchError` listing what does not fit. A classifier for another
+    number of classes is dropped (:func:`drop_resized_classifier`); the rest must fit exactly."""
+    state = convert_published_state_dict(read_state_dict(path))
+    load_exact(model, drop_resized_classifier(model, state), source=str(path))

@@ -60,9 +60,24 @@ class Partition:
         return self.token_edges[:, :-1].floor().long().clamp(max=self.num_rows - 1)
 
 
-def default_num_rows(num_tokens: int) -> int:
-    """The published row count: round(sqrt(N)), at least 1."""
-    return max(1, round(math.sqrt(num_tokens)))
+def check_count(name: str, value) -> int:
+    """``value`` as an int, or ValueError naming ``name`` unless it is an integer >= 1."""
+    try:
+        valid = not isinstance(value, bool) and int(value) == value and value >= 1
+    except (TypeError, ValueError):
+        valid = False
+    if not valid:
+        raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    return int(value)
+
+
+def default_num_rows(num_tokens: int, grid_size: tuple[int, int] | None = None) -> int:
+    """The default row count R for N tokens on an (h, w) score grid: ``round(h·sqrt(N / (h·w)))``,
+    at least 1, which keeps the grid's aspect (R = h when N = h·w, DESIGN.md's degenerate case).
+    A square grid (or none given) gives the published ``round(sqrt(N))``."""
+    num_tokens = check_count("num_tokens", num_tokens)
+    height, width = grid_size or (1, 1)
+    return max(1, round(math.sqrt(num_tokens * height / width)))
 
 
 def score_density(scores: torch.Tensor, on_invalid: InvalidPolicy = "uniform") -> torch.Tensor:
@@ -126,16 +141,16 @@ def partition(
 
     Args:
         scores: (B, h, w) non-negative scores on the score grid.
-        num_rows: R, the number of rows (default ``round(sqrt(num_tokens))``).
+        num_rows: R, the number of rows (default :func:`default_num_rows` for the scores' grid:
+            ``round(sqrt(num_tokens))`` on a square grid).
         num_tokens: N, the token budget.
         on_invalid: see :func:`score_density`.
 
     Returns:
         A :class:`Partition`; edges are differentiable almost everywhere in ``scores``.
     """
-    num_rows = default_num_rows(num_tokens) if num_rows is None else num_rows
-    if num_rows < 1 or num_tokens < 1:
-        raise ValueError(f"num_rows and num_tokens must be >= 1, got {num_rows} and {num_tokens}")
+    num_tokens = check_count("num_tokens", num_tokens)
+    num_rows = default_num_rows(num_tokens, tuple(scores.shape[-2:])) if num_rows is None else check_count("num_rows", num_rows)
     pdf = score_density(scores, on_invalid)
     batch, height, width = pdf.shape
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import to_2tuple
 
-from .partition import InvalidPolicy, Partition, default_num_rows, partition
+from .partition import InvalidPolicy, Partition, check_count, default_num_rows, partition
 from .pos_embed import resample_pos_embed
 from .sampling import sample_patches
 
@@ -50,7 +50,8 @@ class DART(nn.Module):
         bias: projection bias.
         strict_img_size: raise on inputs of another size.
         num_tokens: N, the token budget (default: the grid's cell count).
-        num_rows: R (default ``round(sqrt(N))``).
+        num_rows: R (default :func:`~dart_core.partition.default_num_rows` for the grid:
+            ``round(sqrt(N))`` on a square grid, h when N = h·w).
         sample_scale: input size / (grid × P); 2 for the published 448 models.
         scorer: module mapping (B, C, H, W) images to (B, h, w) positive scores on the grid
             (see :mod:`dart_core.scorers`); required.
@@ -86,20 +87,15 @@ class DART(nn.Module):
             )
         if scorer is None:
             raise ValueError("DART needs a scorer: pass scorer=dart_core.build_scorer(...)")
-        self.img_size = to_2tuple(img_size)
         self.patch_size = to_2tuple(patch_size)
         if self.patch_size[0] != self.patch_size[1]:
             raise ValueError(f"DART samples square patches; got patch_size {patch_size}")
         self.sample_scale = sample_scale
-        cell = patch_size * sample_scale
-        if self.img_size[0] % cell or self.img_size[1] % cell:
-            raise ValueError(
-                f"img_size {self.img_size} must be a multiple of patch_size × sample_scale = {cell}"
-            )
-        self.grid_size = (self.img_size[0] // cell, self.img_size[1] // cell)
-        self.num_patches = self.grid_size[0] * self.grid_size[1]
-        self.num_tokens = num_tokens or self.num_patches
-        self.num_rows = num_rows or default_num_rows(self.num_tokens)
+        self.set_grid(img_size)
+        self.num_tokens = self.num_patches if num_tokens is None else check_count("num_tokens", num_tokens)
+        self.num_rows = (
+            default_num_rows(self.num_tokens, self.grid_size) if num_rows is None else check_count("num_rows", num_rows)
+        )
         self.strict_img_size = strict_img_size
         self.on_invalid = on_invalid
         self.flatten = True
@@ -108,17 +104,56 @@ class DART(nn.Module):
         self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
         self.scorer = scorer
 
-    def feat_ratio(self, as_vector: bool = True):
-        return self.patch_size if as_vector else self.patch_size[0]
+    def set_grid(self, img_size: int | tuple[int, int]) -> None:
+        """Set ``img_size`` and the score grid it implies: (H, W) / (patch_size × sample_scale)."""
+        img_size = to_2tuple(img_size)
+        cell = self.patch_size[0] * self.sample_scale
+        if img_size[0] % cell or img_size[1] % cell:
+            raise ValueError(f"img_size {img_size} must be a multiple of patch_size × sample_scale = {cell}")
+        self.img_size = tuple(img_size)
+        self.grid_size = (img_size[0] // cell, img_size[1] // cell)
+        self.num_patches = self.grid_size[0] * self.grid_size[1]
+
+    def set_input_size(self, img_size: int | tuple[int, int] | None = None, patch_size=None) -> None:
+        """timm's hook behind ``model.set_input_size``: a new input size moves the score grid (the
+        scorer's too) with the same ``sample_scale``; the model resamples its positional table to
+        the new ``grid_size``. The token budget N and row count R stay: DART decouples them from
+        the resolution. A new patch size is not supported.
+        """
+        if patch_size is not None and to_2tuple(patch_size) != self.patch_size:
+            raise NotImplementedError(
+                "DART cannot change patch_size in place (the projection would need resampling): build the "
+                "model again with the new patch_size"
+            )
+        if img_size is None:
+            return
+        if not hasattr(self.scorer, "grid_size"):
+            raise NotImplementedError(
+                f"the scorer {type(self.scorer).__name__} has no grid_size to move: build the model again with "
+                "the new img_size"
+            )
+        self.set_grid(img_size)
+        self.scorer.grid_size = self.grid_size
+
+    def feat_ratio(self, as_scalar: bool = True) -> int | tuple[int, int]:
+        """The patch side P (``as_scalar``) or (P, P), as timm's ``PatchEmbed.feat_ratio``."""
+        return self.patch_size[0] if as_scalar else self.patch_size
 
     def check_input(self, images: torch.Tensor) -> None:
+        """Raise ValueError unless ``images`` is (B, C, H, W) with the model's C (and (H, W) when strict)."""
         if images.dim() != 4:
             raise ValueError(f"DART expects images (B, C, H, W); got shape {tuple(images.shape)}")
+        if images.shape[1] != self.proj.in_channels:
+            raise ValueError(
+                f"the model takes images with {self.proj.in_channels} channels, got {images.shape[1]} "
+                f"(shape {tuple(images.shape)}): convert the images, or build the model with "
+                f"in_chans={images.shape[1]}"
+            )
         if self.strict_img_size and tuple(images.shape[-2:]) != self.img_size:
             raise ValueError(
                 f"input size {tuple(images.shape[-2:])} does not match the model's {self.img_size}: resize or "
-                f"crop the images to {self.img_size[0]}x{self.img_size[1]} (DART's 448 models take 448 inputs), "
-                "or build the model with strict_img_size=False"
+                f"crop the images to {self.img_size[0]}x{self.img_size[1]}, or build the model with "
+                "strict_img_size=False"
             )
 
     def project(self, patches: torch.Tensor) -> torch.Tensor:

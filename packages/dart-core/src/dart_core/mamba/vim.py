@@ -26,7 +26,7 @@ import torch.nn as nn
 from timm.layers import PatchEmbed, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
-from ..checkpoint import PathLike, convert_published_state_dict, load_exact, read_state_dict
+from ..checkpoint import PathLike, load_published_checkpoint
 from ..models.deit import embed_layer_from_kwargs, local_file_overlay
 from ..pos_embed import split_prefix_pos_embed
 from ..tokenizer import DART
@@ -121,7 +121,7 @@ class VisionMamba(MambaEncoder):
 
     def load_pretrained(self, path: PathLike) -> None:
         """timm's ``custom_load`` hook: a Vim-release, DART-release or own checkpoint from a local file."""
-        load_exact(self, convert_published_state_dict(read_state_dict(path)), source=str(path))
+        load_published_checkpoint(self, path)
 
 
 def _cfg(input_size: int) -> dict:

@@ -5,9 +5,10 @@ Registered names (``timm.create_model(name)`` after ``import dart_core``):
 ``deit_{tiny,small,base}_dart{121,144,288,392}_patch16_448`` for the other published budgets.
 All take a 448 input, keep DeiT's 14×14 positional table, and accept ``num_tokens=``,
 ``scorer=`` (a module) or ``scorer_backbone=`` / ``scorer_version=`` / ``scorer_weights=`` /
-``scorer_batch_stats=`` to build one. Published checkpoints load with
-``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)`` (through
-:func:`dart_core.checkpoint.load_published_checkpoint`).
+``scorer_batch_stats=`` to build one, and ``strict_img_size=False`` for inputs of other sizes.
+Published checkpoints load with ``pretrained=True, pretrained_cfg_overlay=dict(file=PATH)``
+(through :func:`dart_core.checkpoint.load_published_checkpoint`; with another ``num_classes``
+the checkpoint's classifier is dropped, as timm does).
 """
 
 from __future__ import annotations
@@ -91,6 +92,28 @@ class DARTVisionTransformer(DARTViTMixin, VisionTransformer):
         load_published_checkpoint(self, path)
 
 
+def default_scorer(
+    in_chans: int,
+    grid_size: tuple[int, int],
+    backbone: str,
+    version: str,
+    weights: PathLike | None = None,
+    batch_stats: bool = False,
+) -> nn.Module:
+    """The scorer built when none is given (:func:`dart_core.build_scorer`), for ``in_chans`` input.
+
+    Raises:
+        ValueError: ``in_chans`` is not 3: the scorer backbones are ImageNet RGB networks.
+    """
+    if in_chans != 3:
+        raise ValueError(
+            f"in_chans={in_chans}, but the default scorer ({backbone}) is an ImageNet RGB network that takes "
+            "3-channel images: pass scorer= a module mapping (B, C, H, W) images to (B, h, w) scores, or "
+            "feed 3-channel images"
+        )
+    return build_scorer(backbone, version, grid_size=grid_size, weights=weights, batch_stats=batch_stats)
+
+
 def dart_embed_layer(
     num_tokens: int | None,
     num_rows: int | None,
@@ -101,17 +124,20 @@ def dart_embed_layer(
     scorer_weights: PathLike | None,
     scorer_batch_stats: bool,
     on_invalid: str = "uniform",
+    strict_img_size: bool = True,
 ):
     """An ``embed_layer`` factory for timm's VisionTransformer that builds DART with its scorer."""
 
-    def build(img_size=224, patch_size=16, **kwargs) -> DART:
+    def build(img_size=224, patch_size=16, in_chans=3, **kwargs) -> DART:
         grid = tuple(side // (patch_size * sample_scale) for side in to_2tuple(img_size))
-        net = scorer or build_scorer(
-            scorer_backbone, scorer_version, grid_size=grid, weights=scorer_weights, batch_stats=scorer_batch_stats
+        net = scorer or default_scorer(
+            in_chans, grid, scorer_backbone, scorer_version, weights=scorer_weights, batch_stats=scorer_batch_stats
         )
+        kwargs.setdefault("strict_img_size", strict_img_size)
         return DART(
             img_size=img_size,
             patch_size=patch_size,
+            in_chans=in_chans,
             num_tokens=num_tokens,
             num_rows=num_rows,
             sample_scale=sample_scale,
@@ -125,7 +151,17 @@ def dart_embed_layer(
 
 def embed_layer_from_kwargs(kwargs: dict, scorer_backbone: str, scorer_version: str, sample_scale: int):
     """Pop the DART options out of a model's keyword arguments and build its ``embed_layer``
-    (the arguments give the model family's defaults)."""
+    (the arguments give the model family's defaults).
+
+    Raises:
+        ValueError: ``features_only=True``: timm's feature maps need a fixed patch grid.
+    """
+    if kwargs.get("features_only"):
+        raise ValueError(
+            "features_only=True needs a fixed patch grid, and DART's content-adaptive tokens have none: build the "
+            "model without it and use forward_features (B, prefix + N, D token features), with "
+            "patch_embed(images, return_details=True).partition to map tokens to image regions"
+        )
     return dart_embed_layer(
         num_tokens=kwargs.pop("num_tokens", None),
         num_rows=kwargs.pop("num_rows", None),
@@ -136,6 +172,7 @@ def embed_layer_from_kwargs(kwargs: dict, scorer_backbone: str, scorer_version: 
         scorer_weights=kwargs.pop("scorer_weights", None),
         scorer_batch_stats=kwargs.pop("scorer_batch_stats", False),
         on_invalid=kwargs.pop("on_invalid", "uniform"),
+        strict_img_size=kwargs.pop("strict_img_size", True),
     )
 
 

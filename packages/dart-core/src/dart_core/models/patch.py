@@ -5,20 +5,36 @@ from __future__ import annotations
 import torch.nn as nn
 from timm.models.vision_transformer import VisionTransformer
 
-from ..scorers import build_scorer
 from ..tokenizer import DART
-from .deit import DARTViTMixin
+from .deit import DARTViTMixin, default_scorer
 
 _PATCHED_CLASSES: dict[type, type] = {}
 
 
-def _dart_class(cls: type) -> type:
-    """A subclass of ``cls`` with :class:`DARTViTMixin` in front (one per class, so it pickles)."""
+class PatchedViT(DARTViTMixin):
+    """Front of the classes :func:`patch_timm` makes. They are built at run time, so pickle cannot
+    find them by name: a patched model pickles as (its stock class, its state) and is rebuilt
+    through :func:`dart_class`."""
+
+    dart_base: type
+
+    def __reduce_ex__(self, protocol):
+        return dart_instance, (self.dart_base,), self.__getstate__()
+
+
+def dart_class(cls: type) -> type:
+    """A subclass of ``cls`` with :class:`DARTViTMixin` in front (one per class)."""
     if issubclass(cls, DARTViTMixin):
         return cls
     if cls not in _PATCHED_CLASSES:
-        _PATCHED_CLASSES[cls] = type(f"{cls.__name__}WithDART", (DARTViTMixin, cls), {})
+        _PATCHED_CLASSES[cls] = type(f"{cls.__name__}WithDART", (PatchedViT, cls), {"dart_base": cls})
     return _PATCHED_CLASSES[cls]
+
+
+def dart_instance(base: type) -> nn.Module:
+    """An empty instance of ``dart_class(base)``, for unpickling (the state follows)."""
+    cls = dart_class(base)
+    return cls.__new__(cls)
 
 
 def patch_timm(
@@ -35,13 +51,15 @@ def patch_timm(
 
     The projection weights, the positional table and the class/register tokens are kept, so a
     pretrained ViT starts from its own patch embedding (with uniform scores it computes exactly
-    what it did before). ``sample_scale=2`` feeds the model twice the input size while the grid,
-    token budget and positional table stay.
+    what it did before). The new embedding (scorer included) takes the projection's dtype and
+    device; the patched model pickles and deep-copies. ``sample_scale=2`` feeds the model twice
+    the input size while the grid, token budget and positional table stay.
 
     Args:
         model: a timm ``VisionTransformer`` (or subclass) with a fixed-size patch embedding.
         num_tokens: the token budget (default: the grid's cell count).
-        num_rows: R (default round(sqrt(N))).
+        num_rows: R (default :func:`~dart_core.partition.default_num_rows` for the grid: h when
+            N = h·w, round(sqrt(N)) on a square grid).
         sample_scale: input size / (grid × P).
         scorer: a scorer module; by default one is built from ``scorer_backbone`` /
             ``scorer_version`` / ``scorer_weights`` (see :func:`dart_core.build_scorer`).
@@ -54,7 +72,7 @@ def patch_timm(
     grid = tuple(old.grid_size)
     patch = old.patch_size[0]
     img_size = tuple(g * patch * sample_scale for g in grid)
-    scorer = scorer or build_scorer(scorer_backbone, scorer_version, grid_size=grid, weights=scorer_weights)
+    scorer = scorer or default_scorer(old.proj.in_channels, grid, scorer_backbone, scorer_version, weights=scorer_weights)
     new = DART(
         img_size=img_size,
         patch_size=patch,
@@ -66,9 +84,9 @@ def patch_timm(
         sample_scale=sample_scale,
         scorer=scorer,
     )
+    new.to(device=old.proj.weight.device, dtype=old.proj.weight.dtype)
     new.proj.load_state_dict(old.proj.state_dict())
     new.norm = old.norm
-    new.to(old.proj.weight.device)
     model.patch_embed = new
-    model.__class__ = _dart_class(type(model))
+    model.__class__ = dart_class(type(model))
     return model
