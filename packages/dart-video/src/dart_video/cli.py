@@ -5,12 +5,14 @@
   ``path label`` list files (``--format list --train-list F --val-list F``). Settings come from
   :mod:`dart_video.recipes` (defaults < preset or YAML < flags). Progress bars, JSON lines in
   ``DIR/log.jsonl``, atomic ``DIR/last.pth`` (every ``--ckpt-interval`` steps and epoch) and
-  ``DIR/best.pth``; ``--resume auto`` (or a path) continues exactly. Several processes:
+  ``DIR/best.pth``; ``--resume auto`` (or a path) continues exactly (a DIR holding another run's
+  checkpoints is refused without ``--resume`` or ``--overwrite``). Several processes:
   ``torchrun --nproc_per_node=8 -m dart_video train ...`` (DDP; gloo on the CPU).
 * ``dart-video eval --data ROOT --checkpoint CKPT``: top-1 / top-5 accuracy, parameters, FLOPs
   and clips/s as one JSON line (the model settings default to those stored in one of our
-  checkpoints). Each video is scored on ``--test-clips`` temporal clips × ``--test-crops`` spatial
-  crops (2 × 3 in the SSv2 presets, as the VideoMamba release tests), softmax averaged per video.
+  checkpoints; the data's classes are matched to the checkpoint's by name). Each video is scored
+  on ``--test-clips`` temporal clips × ``--test-crops`` spatial crops (2 × 3 in the SSv2 presets,
+  as the VideoMamba release tests), softmax averaged per video.
 * ``dart-video visualize VIDEO --out PNG``: the tall-frame partition of one clip.
 
 Model weights load from local files only (``--init`` for VideoMamba-layout or image checkpoints,
@@ -56,8 +58,11 @@ def log(message: str) -> None:
     print(f"dart-video: {message}", file=sys.stderr, flush=True)
 
 
-def load_samples(root: str, config: TrainConfig, split: str) -> tuple[list[data.VideoSample], list[str]]:
-    """Samples of ``split`` ("train" or "validation") and the class names."""
+def load_samples(root: str, config: TrainConfig, split: str,
+                 num_classes: int | None = None) -> tuple[list[data.VideoSample], list[str]]:
+    """Samples of ``split`` ("train" or "validation") and the class names. List files have the
+    classes ``"0" .. str(C - 1)`` with C = ``num_classes`` (e.g. a checkpoint's), else
+    ``--num-classes``, else the largest label + 1."""
     if not os.path.isdir(root):
         raise CommandError(f"data folder not found: {root}")
     if config.format == "ssv2":
@@ -68,17 +73,47 @@ def load_samples(root: str, config: TrainConfig, split: str) -> tuple[list[data.
     list_file = config.train_list if split == "train" else config.val_list
     if not list_file or not os.path.isfile(list_file):
         raise CommandError(f"--format list needs an existing --{'train' if split == 'train' else 'val'}-list file")
-    samples = data.read_list_file(list_file, root)
-    count = config.num_classes or max(s.label for s in samples) + 1
+    count = num_classes or config.num_classes
+    try:
+        samples = data.read_list_file(list_file, root, count)
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+    count = count or max(s.label for s in samples) + 1
     return samples, [str(i) for i in range(count)]
 
 
-def stored_config(path: str | None) -> dict:
-    """The config stored in one of our training checkpoints ({} for other files)."""
+# Settings that name files whose weights a full checkpoint of ours already holds.
+WEIGHT_FILE_SETTINGS = ("init", "init_image", "scorer_weights")
+
+
+def run_checkpoint(path: str | None) -> dict:
+    """One of our training checkpoints ({} for no path or for other files, e.g. VideoMamba's)."""
     if not path or not os.path.isfile(path):
         return {}
     ckpt = load_checkpoint(path)
-    return ckpt["config"] if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT else {}
+    return ckpt if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT else {}
+
+
+def stored_config(ckpt: dict) -> dict:
+    """The settings stored in a checkpoint of ours, less those naming the training run's weight
+    files (``--init``, ``--scorer-weights``): the checkpoint's own weights replace them."""
+    return {k: v for k, v in ckpt.get("config", {}).items() if k not in WEIGHT_FILE_SETTINGS}
+
+
+def match_classes(samples: list[data.VideoSample], classes: list[str], trained: list[str],
+                  checkpoint: str) -> list[data.VideoSample]:
+    """``samples`` relabelled to the checkpoint's class order ``trained`` (matched by name), or a
+    :class:`CommandError` when the data set holds other classes."""
+    if classes == trained:
+        return samples
+    if sorted(classes) != sorted(trained):
+        unknown, missing = sorted(set(classes) - set(trained)), sorted(set(trained) - set(classes))
+        raise CommandError(
+            f"{checkpoint} was trained on other classes than the data's: {len(unknown)} of the data's classes are "
+            f"unknown to it (e.g. {unknown[:3]}) and {len(missing)} of its {len(trained)} classes are missing "
+            f"(e.g. {missing[:3]}); evaluate it on the data set it was trained for")
+    order = {name: index for index, name in enumerate(trained)}
+    return [data.VideoSample(s.path, order[classes[s.label]]) for s in samples]
 
 
 @contextlib.contextmanager
@@ -107,16 +142,28 @@ def session(config: TrainConfig) -> Iterator[DistContext]:
         torch.set_num_threads(threads)
 
 
+def prepare_out(out: str, resume: str | None, overwrite: bool) -> None:
+    """Create the output folder; refuse a file, and a folder holding another run's checkpoints
+    unless the run is resumed or ``overwrite`` is set."""
+    if os.path.exists(out) and not os.path.isdir(out):
+        raise CommandError(f"--out {out} is a file; pass a folder (it is created if missing)")
+    held = [name for name in ("last.pth", "best.pth") if os.path.isfile(os.path.join(out, name))]
+    if held and not resume and not overwrite:
+        raise CommandError(f"{out} already holds {' and '.join(held)} of another run: continue it with --resume auto, "
+                           "write to a new --out, or pass --overwrite to replace it")
+    os.makedirs(out, exist_ok=True)
+
+
 def train(args: argparse.Namespace) -> dict:
-    config = config_from_args(args)
+    config = config_from_args(args, training=True)
     with session(config) as ctx:
         seed_everything(config.seed)  # the same initial weights on every rank
         train_samples, classes = load_samples(args.data, config, "train")
-        val_samples, val_classes = load_samples(args.data, config, "validation")
+        val_samples, val_classes = load_samples(args.data, config, "validation", num_classes=len(classes))
         if config.format == "ssv2" and classes != val_classes:
             raise CommandError("train and validation read different labels.json classes")
         model = build_model(config, len(classes)).to(ctx.device)
-        os.makedirs(args.out, exist_ok=True)
+        prepare_out(args.out, resume=args.resume, overwrite=args.overwrite)
         return fit(config, ctx, model, train_samples, val_samples, classes, args.out, resume=args.resume,
                    kill_at_step=args.debug_kill_at_step)
 
@@ -132,9 +179,13 @@ def model_stats(model: torch.nn.Module, config: TrainConfig, device: torch.devic
 
 
 def eval_command(args: argparse.Namespace) -> dict:
-    config = config_from_args(args, base=stored_config(args.checkpoint))
+    ckpt = run_checkpoint(args.checkpoint)
+    config = config_from_args(args, base=stored_config(ckpt))
     with session(config) as ctx:
-        samples, classes = load_samples(args.data, config, args.split)
+        trained = ckpt.get("classes")
+        samples, classes = load_samples(args.data, config, args.split, num_classes=len(trained) if trained else None)
+        if trained:
+            samples, classes = match_classes(samples, classes, list(trained), args.checkpoint), list(trained)
         model = build_model(config, len(classes)).to(ctx.device)
         if args.checkpoint:
             try:
@@ -150,7 +201,7 @@ def eval_command(args: argparse.Namespace) -> dict:
 
 
 def visualize(args: argparse.Namespace) -> dict:
-    config = config_from_args(args, base=stored_config(args.checkpoint))
+    config = config_from_args(args, base=stored_config(run_checkpoint(args.checkpoint)))
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise CommandError(f"checkpoint not found: {args.checkpoint}")
     try:
@@ -166,7 +217,10 @@ def visualize(args: argparse.Namespace) -> dict:
     if not isinstance(model.patch_embed, VideoDART):
         raise CommandError(f"model {config.model!r} has no DART tokenizer; pick a *_dart_* model")
     if args.checkpoint:
-        load_video_checkpoint(model, args.checkpoint)
+        try:
+            load_video_checkpoint(model, args.checkpoint)
+        except (ValueError, CheckpointMismatchError) as error:
+            raise CommandError(str(error)) from error
     with torch.no_grad():
         details = model.patch_embed(clip, return_details=True)
     picture = partition_overview(frames_to_tall(clip), details.partition, scores=details.scores,
@@ -185,6 +239,8 @@ def parser() -> argparse.ArgumentParser:
     fit_cmd.add_argument("--data", required=True, help="SSv2 root, or the folder list-file paths are relative to")
     fit_cmd.add_argument("--out", required=True, help="output folder (log.jsonl, last.pth, best.pth)")
     fit_cmd.add_argument("--resume", help="continue from a last.pth written by this command, or 'auto'")
+    fit_cmd.add_argument("--overwrite", action="store_true",
+                         help="replace the last.pth / best.pth of another run in --out (default: refuse)")
     fit_cmd.add_argument("--debug-kill-at-step", type=int, help=argparse.SUPPRESS)
     add_config_flags(fit_cmd)
     fit_cmd.set_defaults(run=train)

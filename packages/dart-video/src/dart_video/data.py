@@ -66,8 +66,39 @@ def ssv2_class_name(template: str) -> str:
     return template.replace("[", "").replace("]", "")
 
 
+def _read_json(path: str):
+    try:
+        with open(path, encoding="utf-8") as f:
+            return json.load(f)
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise ValueError(f"{path} is not valid JSON ({error}); restore the file from the SSv2 release") from error
+
+
+def read_ssv2_classes(labels_path: str) -> list[str]:
+    """The class names by index from an SSv2 ``labels.json`` (``{name: "index"}``, the indices
+    0 .. C−1 each once)."""
+    raw = _read_json(labels_path)
+    if not isinstance(raw, dict) or not raw:
+        raise ValueError(f'{labels_path} must map class names to indices, e.g. {{"Holding something": "0"}}')
+    names: list[str | None] = [None] * len(raw)
+    for name, index in raw.items():
+        number = int(index) if isinstance(index, (int, str)) and str(index).strip().isdigit() else None
+        if number is None or number >= len(raw):
+            raise ValueError(f"{labels_path}: class {name!r} has index {index!r}; the {len(raw)} classes need the "
+                             f"indices 0 .. {len(raw) - 1}, each once")
+        if names[number] is not None:
+            raise ValueError(f"{labels_path}: classes {names[number]!r} and {name!r} share the index {number}")
+        names[number] = name
+    return names
+
+
 def read_ssv2(root: str, split: str) -> tuple[list[VideoSample], list[str]]:
-    """SSv2 samples of a split ("train" or "validation") and the class names by index."""
+    """SSv2 samples of a split ("train" or "validation") and the class names by index.
+
+    Raises:
+        FileNotFoundError: a missing annotation file or videos folder.
+        ValueError: malformed annotations (the message names the file and the entry).
+    """
     if split not in SSV2_SPLITS:
         raise ValueError(f"unknown SSv2 split {split!r}: use one of {sorted(SSV2_SPLITS)}")
     labels_path, split_path = os.path.join(root, "labels.json"), os.path.join(root, SSV2_SPLITS[split])
@@ -76,18 +107,20 @@ def read_ssv2(root: str, split: str) -> tuple[list[VideoSample], list[str]]:
             raise FileNotFoundError(
                 f"{path} not found: an SSv2 root holds labels.json, train.json, validation.json and the videos folder"
             )
-    with open(labels_path, encoding="utf-8") as f:
-        labels = {name: int(index) for name, index in json.load(f).items()}
-    names = [""] * len(labels)
-    for name, index in labels.items():
-        names[index] = name
+    names = read_ssv2_classes(labels_path)
+    labels = {name: index for index, name in enumerate(names)}
     video_dir = next((os.path.join(root, d) for d in SSV2_VIDEO_DIRS if os.path.isdir(os.path.join(root, d))), None)
     if video_dir is None:
         raise FileNotFoundError(f"no videos folder in {root}: expected one of {list(SSV2_VIDEO_DIRS)}")
-    with open(split_path, encoding="utf-8") as f:
-        entries = json.load(f)
+    entries = _read_json(split_path)
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{split_path} lists no clips: expected a non-empty list of "
+                         '{"id": ..., "template": ...} entries')
     samples = []
-    for entry in entries:
+    for number, entry in enumerate(entries):
+        if not (isinstance(entry, dict) and isinstance(entry.get("id"), (str, int))
+                and isinstance(entry.get("template"), str)):
+            raise ValueError(f"{split_path}: entry {number} ({entry!r:.200}) needs an 'id' and a 'template' string")
         name = ssv2_class_name(entry["template"])
         if name not in labels:
             raise ValueError(f"{split_path}: clip {entry['id']} has template {entry['template']!r}, not in labels.json")
@@ -95,8 +128,13 @@ def read_ssv2(root: str, split: str) -> tuple[list[VideoSample], list[str]]:
     return samples, names
 
 
-def read_list_file(list_file: str, root: str = "") -> list[VideoSample]:
-    """Samples from a ``path label`` list file (paths relative to ``root``)."""
+def read_list_file(list_file: str, root: str = "", num_classes: int | None = None) -> list[VideoSample]:
+    """Samples from a ``path label`` list file (paths relative to ``root``); labels must be class
+    indices, below ``num_classes`` when it is given.
+
+    Raises:
+        ValueError: an empty file, a malformed line or a label out of range (naming file:line).
+    """
     samples = []
     with open(list_file, encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -106,7 +144,13 @@ def read_list_file(list_file: str, root: str = "") -> list[VideoSample]:
             path, _, label = line.rpartition(" ")
             if not path or not label.lstrip("-").isdigit():
                 raise ValueError(f"{list_file}:{number}: expected 'relative/path LABEL', got {line!r}")
+            if int(label) < 0 or (num_classes is not None and int(label) >= num_classes):
+                limit = f"0 .. {num_classes - 1}" if num_classes is not None else ">= 0"
+                raise ValueError(f"{list_file}:{number}: label {label} is not a class index {limit}"
+                                 + ("; raise --num-classes" if num_classes is not None else ""))
             samples.append(VideoSample(os.path.join(root, path), int(label)))
+    if not samples:
+        raise ValueError(f"{list_file} lists no videos: expected 'relative/path LABEL' lines")
     return samples
 
 

@@ -232,8 +232,17 @@ class Trainer:
             load_exact(self.model, ckpt["model"], source=path)
         except CheckpointMismatchError as error:
             raise TrainingError(str(error)) from error
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        # The moments come from the checkpoint; the learning rates, decays and schedule from this
+        # run's config (the scheduler is a pure function of the step: a longer --epochs or another
+        # --lr rebuilds the schedule instead of finishing the old one).
+        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
+        try:
+            self.optimizer.load_state_dict(ckpt["optimizer"])
+        except ValueError as error:
+            raise TrainingError(f"{path}: the optimizer's parameter groups differ ({error}); resume with the "
+                                "--layer-decay and --weight-decay of that run") from error
+        for group, own in zip(self.optimizer.param_groups, settings, strict=True):
+            group.update(own)
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
         self.best_top1 = ckpt["best_top1"]

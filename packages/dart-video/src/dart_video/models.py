@@ -47,7 +47,7 @@ class VideoPatchEmbed(nn.Module):
         super().__init__()
         if img_size % patch_size:
             raise ValueError(f"img_size {img_size} must be a multiple of patch_size {patch_size}")
-        self.num_frames = num_frames
+        self.num_frames, self.frame_size = num_frames, (img_size, img_size)
         self.frame_grid_size = (img_size // patch_size, img_size // patch_size)
         self.proj = nn.Conv3d(in_chans, embed_dim, (1, patch_size, patch_size), stride=(1, patch_size, patch_size))
 
@@ -55,6 +55,10 @@ class VideoPatchEmbed(nn.Module):
         """(B, C, T, H, W) → (B, T·h·w, D)."""
         if video.dim() != 5 or video.shape[2] != self.num_frames:
             raise ValueError(f"expected clips (B, C, T={self.num_frames}, H, W); got shape {tuple(video.shape)}")
+        if tuple(video.shape[-2:]) != self.frame_size:
+            raise ValueError(f"frames of {video.shape[-2]}x{video.shape[-1]} (H x W) do not fit this model's "
+                             f"{self.frame_size[0]}x{self.frame_size[1]} frames; crop or resize them, or build the "
+                             f"model with img_size={video.shape[-2]}")
         return self.proj(video).flatten(2).transpose(1, 2)
 
 

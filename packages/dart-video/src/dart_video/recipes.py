@@ -22,6 +22,7 @@ scores averaged per video: so do ``dart-video train`` (one view) and ``dart-vide
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
@@ -106,7 +107,8 @@ class TrainConfig:
         return {"lr": self.lr if self.lr is not None else self.blr * factor,
                 "min_lr": self.min_blr * factor, "warmup_lr": self.warmup_blr * factor}
 
-    def validate(self) -> None:
+    def validate(self, training: bool = False) -> None:
+        """Raise :class:`ConfigError` for a bad setting (``training``: also those only training uses)."""
         for name in ("batch_size", "accum_steps", "num_sample", "epochs", "ckpt_interval", "log_interval",
                      "num_frames", "img_size", "recount", "test_clips", "test_crops"):
             if getattr(self, name) < 1:
@@ -121,6 +123,9 @@ class TrainConfig:
             raise ConfigError(f"--reprob must be in [0, 1], got {self.reprob}")
         if self.remode not in ("pixel", "rand", "const"):
             raise ConfigError(f"--remode must be pixel, rand or const, got {self.remode!r}")
+        if training and (self.mixup > 0 or self.cutmix > 0) and self.batch_size % 2:
+            raise ConfigError(f"Mixup/CutMix pair the clips of a batch: --batch-size must be even, got {self.batch_size} "
+                              "(or pass --mixup 0 --cutmix 0)")
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -144,6 +149,24 @@ PRESETS: dict[str, dict[str, Any]] = {
 }
 
 
+def _typed(config: str, key: str, value: Any) -> Any:
+    """A YAML value checked against the field's type: ints pass as floats, and strings (YAML
+    reads ``1e-3`` as one) are converted as the flag would convert them."""
+    field_ = next(f for f in dataclasses.fields(TrainConfig) if f.name == key)
+    kind = field_.metadata["kind"]
+    if value is None and field_.default is None:
+        return None
+    if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return kind(value)
+    expected = ("a mapping" if kind is dict else kind.__name__) + (" or null" if field_.default is None else "")
+    raise ConfigError(f"config file {config!r}: {key} is {value!r}, expected {expected}")
+
+
 def preset_values(config: str) -> dict[str, Any]:
     """The settings of a preset name or a YAML file."""
     if config in PRESETS:
@@ -159,7 +182,7 @@ def preset_values(config: str) -> dict[str, Any]:
         unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainConfig)})
         if unknown:
             raise ConfigError(f"config file {config!r} has unknown keys {unknown}; see --help for the names")
-        return values
+        return {key: _typed(config, key, value) for key, value in values.items()}
     raise ConfigError(f"unknown config {config!r}: use a preset ({', '.join(sorted(PRESETS))}) or a .yaml file")
 
 
@@ -177,14 +200,15 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
             group.add_argument(flag, type=mapping_arg if kind is dict else kind, default=argparse.SUPPRESS, help=text)
 
 
-def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None) -> TrainConfig:
+def config_from_args(args: argparse.Namespace, base: dict[str, Any] | None = None,
+                     training: bool = False) -> TrainConfig:
     """Defaults < ``base`` (e.g. a checkpoint's stored config) < ``args.config`` < the flags
-    present in ``args``; validated."""
+    present in ``args``; validated (``training``: for a training run, see :meth:`TrainConfig.validate`)."""
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     values = {k: v for k, v in (base or {}).items() if k in names}
     if getattr(args, "config", None):
         values.update(preset_values(args.config))
     values.update({k: v for k, v in vars(args).items() if k in names})
     config = TrainConfig(**values)
-    config.validate()
+    config.validate(training)
     return config

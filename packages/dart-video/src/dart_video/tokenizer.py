@@ -123,6 +123,10 @@ class VideoDART(DART):
                 f"expected clips (B, C, T={self.num_frames}, H, W); got shape {tuple(video.shape)}: sample "
                 f"{self.num_frames} frames per clip or build the model with num_frames={video.shape[2] if video.dim() == 5 else '...'}"
             )
+        if tuple(video.shape[-2:]) != self.frame_size:
+            raise ValueError(f"frames of {video.shape[-2]}x{video.shape[-1]} (H x W) do not fit this model's "
+                             f"{self.frame_size[0]}x{self.frame_size[1]} frames; crop or resize them, or build the "
+                             f"model with img_size={tuple(video.shape[-2:])}")
         pos_grid = None
         if spatial_pos is not None:
             temporal = temporal_pos if temporal_pos is not None else spatial_pos.new_zeros(1, self.num_frames, spatial_pos.shape[-1])
