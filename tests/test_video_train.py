@@ -248,6 +248,10 @@ def test_kill_mid_epoch_and_resume_matches_uninterrupted_run(digits_root, full_r
     assert a["scheduler"] == b["scheduler"] and a["rng"][0]["python"] == b["rng"][0]["python"]
     assert train_losses(tmp_path) == train_losses(full_dir)  # every step, before and after the kill
     assert len(set(train_losses(full_dir).values())) == 12
+    # the epoch killed mid-way reports the mean of all its 6 steps, not of the 4 after the resume
+    epoch_losses = {r["epoch"]: r["train_loss"] for r in read_jsonl(tmp_path / "log.jsonl") if r["event"] == "epoch"}
+    assert epoch_losses == {r["epoch"]: r["train_loss"] for r in read_jsonl(full_dir / "log.jsonl") if r["event"] == "epoch"}
+    assert epoch_losses[1] == pytest.approx(sum(train_losses(full_dir)[step] for step in range(7, 13)) / 6)
     lrs = [r["lr"] for r in read_jsonl(full_dir / "log.jsonl") if r["event"] == "train"]
     # linear warm-up from 1e-6 to 1e-2 (per 256 clips; batch 4) over the first epoch, then cosine
     assert lrs[0] == pytest.approx(1e-6 * 4 / 256) and lrs[6] == pytest.approx(1e-2 * 4 / 256) and lrs[-1] < lrs[6]

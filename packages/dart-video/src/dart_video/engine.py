@@ -25,6 +25,7 @@ from dart_core.training import (
     DistContext,
     EpochSampler,
     JsonlLogger,
+    RunningMean,
     all_gather_objects,
     all_reduce_sum,
     capture_rng_state,
@@ -201,6 +202,7 @@ class Trainer:
         else:
             self.criterion = torch.nn.CrossEntropyLoss()
         self.epoch = self.step_in_epoch = self.global_step = 0
+        self.epoch_loss = RunningMean()  # this epoch's training loss so far (kept across a resume)
         self.best_top1: float | None = None
 
     def state(self, classes: Sequence[str]) -> dict:
@@ -210,7 +212,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step, "steps_per_epoch": self.steps_per_epoch,
-            "world_size": self.ctx.world_size, "rng": all_gather_objects(capture_rng_state()),
+            "epoch_loss": self.epoch_loss.state_dict(), "world_size": self.ctx.world_size, "rng": all_gather_objects(capture_rng_state()),
             "classes": list(classes), "best_top1": self.best_top1, "config": self.config.to_dict(),
         }
 
@@ -246,6 +248,8 @@ class Trainer:
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
         self.best_top1 = ckpt["best_top1"]
+        if "epoch_loss" in ckpt:  # absent from checkpoints written before it was kept
+            self.epoch_loss.load_state_dict(ckpt["epoch_loss"])
         saved = {k: ckpt["config"][k] for k in ("batch_size", "accum_steps", "num_sample")}
         same = (ckpt["world_size"], ckpt["steps_per_epoch"], saved) == (
             self.ctx.world_size, self.steps_per_epoch, {k: getattr(self.config, k) for k in saved})
@@ -316,11 +320,11 @@ def fit(config: TrainConfig, ctx: DistContext, model: VideoMamba, train_samples,
     metrics: dict = {}
     while trainer.epoch < config.epochs:
         epoch = trainer.epoch
-        losses = train_epoch(
+        train_epoch(
             trainer, trainer.step, sampler, loader, steps_per_epoch, config.accum_steps * config.batch_size,
             log_interval=config.log_interval, ckpt_interval=config.ckpt_interval, logger=logger,
             save=lambda: trainer.save(out, classes), progress=config.progress and ctx.is_main,
-            kill_at_step=kill_at_step,
+            kill_at_step=kill_at_step, running=trainer.epoch_loss,
         )
         metrics = evaluate(model, val_loader, config, ctx)
         improved = trainer.best_top1 is None or metrics["top1"] > trainer.best_top1
@@ -328,7 +332,7 @@ def fit(config: TrainConfig, ctx: DistContext, model: VideoMamba, train_samples,
         trainer.epoch, trainer.step_in_epoch = epoch + 1, 0
         trainer.save(out, classes, best=improved)
         logger.log(event="epoch", epoch=epoch, global_step=trainer.global_step,
-                   train_loss=sum(losses) / max(len(losses), 1), best_top1=trainer.best_top1, **metrics)
+                   train_loss=trainer.epoch_loss.mean, best_top1=trainer.best_top1, **metrics)
         if ctx.is_main and not config.progress:
             print(f"epoch {epoch}: top1 {metrics['top1']:.2f} top5 {metrics['top5']:.2f}", flush=True)
     return {"epoch": trainer.epoch, "global_step": trainer.global_step, "best_top1": trainer.best_top1, **metrics}
