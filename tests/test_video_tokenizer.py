@@ -24,6 +24,11 @@ def test_row_count_keeps_tokens_square():
     assert video_num_rows(196, 14, 14) == 14
     assert video_num_rows(196 * 8, 14 * 8, 14) == 14 * 8
     assert video_num_rows(196 * 4, 14 * 8, 14) == round((196 * 4 * 8) ** 0.5)
+    for bad in (0, -3):  # a budget or row count below 1 is an error, not the default
+        with pytest.raises(ValueError, match="must be an integer >= 1"):
+            VideoDART(2, img_size=32, patch_size=8, embed_dim=4, num_tokens=bad, scorer=GivenScores((8, 4)))
+        with pytest.raises(ValueError, match="must be an integer >= 1"):
+            VideoDART(2, img_size=32, patch_size=8, embed_dim=4, num_tokens=8, num_rows=bad, scorer=GivenScores((8, 4)))
 
 
 def test_pos_grid_is_spatial_plus_temporal():

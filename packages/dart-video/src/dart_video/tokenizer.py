@@ -14,18 +14,18 @@ one frame's patch and gets exactly ``spatial[i, j] + temporal[t]``: VideoMamba's
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn as nn
+from dart_core.partition import default_num_rows
 from dart_core.tokenizer import DART, TokenizerOutput
 
 
 def video_num_rows(num_tokens: int, grid_height: int, grid_width: int) -> int:
     """Rows R that keep tokens about square on a (grid_height × grid_width) cell grid:
     ``R = round(sqrt(N · grid_height / grid_width))`` (``sqrt(N)`` for a square image; T·h for
-    one token per cell of a T-frame tall grid)."""
-    return max(1, round(math.sqrt(num_tokens * grid_height / grid_width)))
+    one token per cell of a T-frame tall grid): :func:`dart_core.partition.default_num_rows` on the
+    tall grid, which is what :class:`VideoDART` uses."""
+    return default_num_rows(num_tokens, (grid_height, grid_width))
 
 
 def video_pos_grid(spatial: torch.Tensor, temporal: torch.Tensor) -> torch.Tensor:
@@ -89,10 +89,10 @@ class VideoDART(DART):
         cell = patch_size * sample_scale
         frame_grid = (height // cell, width // cell)
         tall_grid = (num_frames * frame_grid[0], frame_grid[1])
-        num_tokens = num_tokens or max(1, tall_grid[0] * tall_grid[1] // 2)
-        super().__init__(
+        num_tokens = max(1, tall_grid[0] * tall_grid[1] // 2) if num_tokens is None else num_tokens
+        super().__init__(  # the tall image's grid is tall_grid, so DART's default R is video_num_rows
             img_size=(num_frames * height, width), patch_size=patch_size, in_chans=in_chans, embed_dim=embed_dim,
-            num_tokens=num_tokens, num_rows=num_rows or video_num_rows(num_tokens, *tall_grid),
+            num_tokens=num_tokens, num_rows=num_rows,
             sample_scale=sample_scale, scorer=scorer, **kwargs,
         )
         self.num_frames = num_frames
