@@ -166,6 +166,25 @@ def test_the_fold_is_cached_until_a_tensor_changes():
     assert cache.get(backbone) is not first
 
 
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float32])
+def test_the_checksum_sees_a_small_write_in_low_precision(dtype):
+    """One weight of 0.5s changed through ``.data``: a sum in bfloat16 (or of many float32s) would
+    round the change away and keep the stale fold."""
+    conv = nn.Sequential(nn.Conv2d(3, 64, 3, bias=False), nn.BatchNorm2d(64)).eval().to(dtype)
+    conv[0].weight.data.fill_(0.5)
+    cache = FoldedCopy()
+    first = cache.get(conv)
+    conv[0].weight.data[0, 0, 0, 0] += 0.5 if dtype == torch.bfloat16 else 1e-4
+    assert cache.get(conv) is not first
+
+
+def test_a_nan_weight_does_not_refold_every_call():
+    conv = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4)).eval()
+    conv[0].weight.data[0, 0, 0, 0] = float("nan")
+    cache = FoldedCopy()
+    assert cache.get(conv) is cache.get(conv)
+
+
 def test_copies_and_pickles_of_a_scorer_fold_their_own_weights():
     torch.manual_seed(0)
     scorer = build_scorer("mobilenet_v3_small", grid_size=(4, 4), stage=4).double()

@@ -177,10 +177,11 @@ def has_any_hooks(module: nn.Module) -> bool:
 
 
 def tensor_state_key(module: nn.Module) -> tuple | None:
-    """Identity, storage and version of every parameter and buffer, the sum of each CPU floating
-    tensor, and every submodule's mode: changes whenever a tensor is replaced (``.to()``,
-    assignment), moved, or written in place (``load_state_dict``, ``copy_``; on the CPU also
-    through ``.data``, which bumps no version counter, unless the write keeps the tensor's sum), or
+    """Identity, storage and version of every parameter and buffer, the float64 sum of each CPU
+    floating tensor (compared as bits, so a NaN weight does not refold every call), and every
+    submodule's mode: changes whenever a tensor is replaced (``.to()``, assignment), moved, or
+    written in place (``load_state_dict``, ``copy_``; on the CPU also through ``.data``, which bumps
+    no version counter, unless the write keeps the tensor's float64 sum), or
     a submodule switches between train and eval (changes of plain attributes such as a BatchNorm's
     ``eps`` are not seen). ``None`` when a tensor has no version counter (inference tensors).
 
@@ -193,9 +194,9 @@ def tensor_state_key(module: nn.Module) -> tuple | None:
             return None
         key.append((id(t), t.data_ptr(), t._version, t.dtype, t.device))
         if t.device.type == "cpu" and t.is_floating_point():
-            summed.append(t.detach().sum())
+            summed.append(t.detach().sum(dtype=torch.float64))  # a bfloat16 sum would round writes away
     if summed:
-        key.append(tuple(torch.stack(summed).tolist()))
+        key.append(tuple(torch.stack(summed).view(torch.int64).tolist()))
     return tuple(key)
 
 

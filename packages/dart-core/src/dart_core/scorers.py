@@ -69,11 +69,13 @@ def mark_random_init(backbone: nn.Module) -> None:
 
 @torch.compiler.disable  # a Python-side check and warning: never part of a compiled graph
 def warn_if_random_frozen_backbone(backbone: nn.Module) -> None:
-    """Warn (``UserWarning``, once per process) when a frozen scorer backbone, or a module inside
-    it, is still the random initialisation :func:`build_scorer` gave it (no weights file, no
-    state dict loaded since)."""
+    """Warn (``UserWarning``, once per process) when a frozen scorer backbone is still the random
+    initialisation :func:`build_scorer` gave it (no weights file, no state dict loaded since).
+
+    Reads the mark :func:`mark_random_init` puts on the backbone itself (``__dict__``, no module
+    walk: this runs on every forward pass)."""
     reason = "random frozen scorer backbone"
-    if reason in _WARNED or not any(getattr(m, RANDOM_INIT_ATTR, False) for m in backbone.modules()):
+    if reason in _WARNED or not backbone.__dict__.get(RANDOM_INIT_ATTR, False):
         return
     _warn_once(
         reason,
