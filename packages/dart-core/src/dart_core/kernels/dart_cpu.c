@@ -58,10 +58,11 @@ typedef struct {
     int64_t height, width, rows, lines, tokens;
 } Geometry;
 
-/* Consecutive samples of one token whose two taps lie inside one row; window is the first column
- * of the WINDOW columns its taps lie in (dart_cpu_window.h), -1 when they do not fit in one. */
+/* Consecutive samples of one token whose two taps lie inside one row: their left taps' columns
+ * span [low, high]; window is the first of the WINDOW columns all their taps lie in
+ * (dart_cpu_window.h), -1 when they do not fit in one. */
 typedef struct {
-    int64_t token, first, count, row, window;
+    int64_t token, first, count, row, low, high, window;
 } Segment;
 
 /* Per-call work memory: the segments and, for every sample, its left tap's column within its row
@@ -111,18 +112,6 @@ static int for_each_image(ImageWork work, const void *args, int64_t batch, int64
     return failed;
 }
 
-/* Sets a segment's window: the first of WINDOW columns holding all its taps (left and right), if
- * any do and it has at most 16 samples (one vector), else -1. */
-static void segment_window(Segment *seg, const int32_t *columns, int64_t lines) {
-    const int32_t *xs = columns + seg->token * lines + seg->first;
-    int32_t low = xs[0], high = xs[0];
-    for (int64_t t = 1; t < seg->count; ++t) {
-        low = xs[t] < low ? xs[t] : low;
-        high = xs[t] > high ? xs[t] : high;
-    }
-    seg->window = seg->count <= 16 && high + 1 - low < WINDOW ? low : -1;
-}
-
 /* Split an image's samples into segments; returns how many. A sample whose taps cross a row seam
  * or leave the strip belongs to none (the general path handles it). */
 static int64_t find_segments(const Geometry *geo, Scratch *scratch) {
@@ -139,13 +128,18 @@ static int64_t find_segments(const Geometry *geo, Scratch *scratch) {
             Segment *last = count ? &scratch->segments[count - 1] : NULL;
             if (last && last->token == n && last->row == row && last->first + last->count == t) {
                 ++last->count;
+                last->low = col < last->low ? col : last->low;
+                last->high = col > last->high ? col : last->high;
             } else {
-                Segment seg = {n, t, 1, row, -1};
+                Segment seg = {n, t, 1, row, col, col, -1};
                 scratch->segments[count++] = seg;
             }
         }
     }
-    for (int64_t i = 0; i < count; ++i) segment_window(&scratch->segments[i], scratch->columns, geo->lines);
+    for (int64_t i = 0; i < count; ++i) { /* a window: at most 16 samples (one vector), both taps inside */
+        Segment *seg = &scratch->segments[i];
+        seg->window = seg->count <= 16 && seg->high + 1 - seg->low < WINDOW ? seg->low : -1;
+    }
     return count;
 }
 
@@ -161,15 +155,11 @@ typedef struct {
     int64_t first, last;
 } Span;
 
-static Span column_span(const Scratch *scratch, int64_t i, int64_t end, int64_t lines) {
+static Span column_span(const Segment *segments, int64_t i, int64_t end) {
     Span span = {INT64_MAX, 0};
     for (int64_t j = i; j < end; ++j) {
-        const Segment *seg = &scratch->segments[j];
-        for (int64_t t = 0; t < seg->count; ++t) {
-            int64_t x = scratch->columns[seg->token * lines + seg->first + t];
-            span.first = x < span.first ? x : span.first;
-            span.last = x + 2 > span.last ? x + 2 : span.last;
-        }
+        span.first = segments[j].low < span.first ? segments[j].low : span.first;
+        span.last = segments[j].high + 2 > span.last ? segments[j].high + 2 : span.last;
     }
     return span;
 }

@@ -126,7 +126,7 @@ static void NAME(patch_forward_image)(const void *raw, int64_t b, Scratch *work)
     int64_t count = find_segments(&geo, &scratch);
     for (int64_t i = 0; i < count;) { /* segments of one row: sweep each of its lines across them */
         int64_t end = same_row_end(scratch.segments, i, count), row = scratch.segments[i].row;
-        Span span = column_span(&scratch, i, end, lines);
+        Span span = column_span(scratch.segments, i, end);
         for (int64_t c = 0; c < channels; ++c) {
             for (int64_t k = 0; k < lines; ++k) {
                 Lines at = row_lines(&geo, row, k, c);
@@ -193,7 +193,7 @@ static void NAME(patch_backward_image)(const void *raw, int64_t b, Scratch *work
     int64_t count = find_segments(&geo, &scratch);
     for (int64_t i = 0; i < count;) {
         int64_t end = same_row_end(scratch.segments, i, count), row = scratch.segments[i].row;
-        Span span = column_span(&scratch, i, end, lines);
+        Span span = column_span(scratch.segments, i, end);
         for (int64_t c = 0; c < channels; ++c) {
             for (int64_t k = 0; k < lines; ++k) {
                 Lines at = row_lines(&geo, row, k, c);
