@@ -68,6 +68,7 @@ from dart_core.training import (  # noqa: E402
     teardown_distributed,
     train_epoch,
 )
+from dart_core.training.arguments import DART_MODEL_FLAGS  # noqa: E402
 from pretrain_config import UsageError, build_parser, parse_args, plain_args, scaled_lr  # noqa: E402
 from pretrain_data import build_mixup, build_transforms, check_same_classes, image_folder, make_loader  # noqa: E402
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # noqa: E402
@@ -81,8 +82,6 @@ CHECKPOINT_FORMAT = "dart-pretrain-1"
 
 # create_model keyword arguments the tool passes from flags: always, and (DART) when the flag is given.
 ALWAYS_KWARGS = {"drop_path_rate": "drop_path"}
-DART_KWARGS = {"scorer_backbone": "scorer", "scorer_weights": "scorer_weights", "scorer_version": "scorer_version",
-               "num_tokens": "num_tokens"}
 
 # The flags that define the model a checkpoint was trained as: --resume and --eval take their
 # values from the checkpoint unless they are given.
@@ -104,8 +103,8 @@ def check_model_kwargs(args) -> None:
             raise UsageError("--model-kwargs cannot set 'num_classes': it comes from the data (the number of class "
                              "folders in train/ and val/)")
         dest = ALWAYS_KWARGS.get(key)
-        if key in DART_KWARGS and getattr(args, DART_KWARGS[key]) is not None:
-            dest = DART_KWARGS[key]
+        if key in DART_MODEL_FLAGS and getattr(args, DART_MODEL_FLAGS[key]) is not None:
+            dest = DART_MODEL_FLAGS[key]
         if dest is not None:
             raise UsageError(f"--model-kwargs cannot set {key!r}, which {flag(dest)} sets: use {flag(dest)} alone")
 
@@ -115,13 +114,13 @@ def build_model(args, num_classes: int) -> torch.nn.Module:
     if not timm.is_model(args.model):
         raise UsageError(f"unknown model {args.model!r}: use a timm.create_model name (timm.list_models('*dart*'))")
     check_model_kwargs(args)
-    dart_opts = {key: getattr(args, dest) for key, dest in DART_KWARGS.items() if getattr(args, dest) is not None}
+    dart_opts = {key: getattr(args, dest) for key, dest in DART_MODEL_FLAGS.items() if getattr(args, dest) is not None}
     kwargs = dict(args.model_kwargs, **dart_opts)
     try:
         return timm.create_model(args.model, num_classes=num_classes, drop_path_rate=args.drop_path, **kwargs)
     except TypeError as e:
         if dart_opts and "unexpected keyword" in str(e):
-            flags = ", ".join(flag(DART_KWARGS[k]) for k in dart_opts)
+            flags = ", ".join(flag(DART_MODEL_FLAGS[k]) for k in dart_opts)
             raise UsageError(f"{flags} only apply to DART models; {args.model!r} is not one ({e})") from e
         raise
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Mapping
+from typing import Any
 
 import torch
 
@@ -22,9 +23,13 @@ STATE_DICT_KEYS = ("model", "state_dict", "model_ema", "state_dict_ema")
 
 
 def read_state_dict(path: PathLike) -> dict[str, torch.Tensor]:
-    """The model weights in a checkpoint file (unwrapping ``model`` / ``state_dict`` / EMA keys and a
-    ``module.`` prefix left by DistributedDataParallel)."""
-    checkpoint = load_checkpoint(path)
+    """The model weights in a checkpoint file (see :func:`state_dict_in`)."""
+    return state_dict_in(load_checkpoint(path), path)
+
+
+def state_dict_in(checkpoint: Any, path: PathLike) -> dict[str, torch.Tensor]:
+    """The model weights in a loaded checkpoint (unwrapping ``model`` / ``state_dict`` / EMA keys and
+    a ``module.`` prefix left by DistributedDataParallel); ``path`` names it in errors."""
     if isinstance(checkpoint, Mapping):
         for key in STATE_DICT_KEYS:
             if isinstance(checkpoint.get(key), Mapping):

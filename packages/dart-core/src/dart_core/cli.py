@@ -27,9 +27,10 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from timm.data import create_transform, resolve_data_config
 
-from .checkpoint import convert_published_state_dict, load_exact, read_state_dict
+from .checkpoint import convert_published_state_dict, load_exact, state_dict_in
 from .sampling import sample_patches
 from .tokenizer import DART
+from .training.arguments import DART_MODEL_FLAGS
 from .training.checkpoint import load_checkpoint
 from .visualize import partition_overview, save_png
 
@@ -60,23 +61,21 @@ def dart_model_names() -> list[str]:
     return timm.list_models("*dart*")
 
 
-# ``tools/pretrain_in1k.py`` flags stored in a checkpoint's "args" → DART create_model kwargs.
-STORED_DART_OPTIONS = (("num_tokens", "num_tokens"), ("scorer", "scorer_backbone"), ("scorer_version", "scorer_version"))
 
-
-def checkpoint_recipe(path: str) -> tuple[str | None, dict[str, Any]]:
-    """The model name and ``create_model`` kwargs a checkpoint of ``tools/pretrain_in1k.py`` stores
-    (``model_name``; ``args`` as a plain dict: ``model``, ``model_kwargs``, ``num_tokens``,
+def checkpoint_recipe(stored: Any) -> tuple[str | None, dict[str, Any]]:
+    """The model name and ``create_model`` kwargs a loaded checkpoint of ``tools/pretrain_in1k.py``
+    stores (``model_name``; ``args`` as a plain dict: ``model``, ``model_kwargs``, ``num_tokens``,
     ``scorer``, ``scorer_version``). Other files (a published ``darvit-*.pth`` stores the
     ``argparse.Namespace`` of another code base, a bare state dict stores nothing) give
     ``(None, {})``."""
-    stored = load_checkpoint(path)
     if not isinstance(stored, Mapping):
         return None, {}
     args = stored.get("args")
     args = args if isinstance(args, Mapping) else {}
     kwargs = dict(args.get("model_kwargs") or {})
-    kwargs.update({ours: args[flag] for flag, ours in STORED_DART_OPTIONS if args.get(flag) is not None})
+    # the run's scorer weights file is not read again: the checkpoint holds the weights
+    kwargs.update({key: args[flag] for key, flag in DART_MODEL_FLAGS.items()
+                   if key != "scorer_weights" and args.get(flag) is not None})
     return stored.get("model_name") or args.get("model"), kwargs
 
 
@@ -102,8 +101,9 @@ def build_model(
     state = None
     if checkpoint is not None:
         try:
-            stored_name, kwargs = checkpoint_recipe(checkpoint)
-            state = convert_published_state_dict(read_state_dict(checkpoint))
+            stored = load_checkpoint(checkpoint)  # read once: the recipe and the weights
+            stored_name, kwargs = checkpoint_recipe(stored)
+            state = convert_published_state_dict(state_dict_in(stored, checkpoint))
         except (FileNotFoundError, ValueError, RuntimeError) as error:
             raise CommandError(str(error)) from error
         if name is not None and stored_name is not None and name != stored_name:

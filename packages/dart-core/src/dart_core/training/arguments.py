@@ -6,6 +6,12 @@ import argparse
 
 import yaml
 
+# The DART models' create_model keyword arguments → the training tools' flag (argparse dest) that
+# sets each (``tools/pretrain_in1k.py`` passes them; ``dart-core visualize`` reads them back from its
+# checkpoints).
+DART_MODEL_FLAGS = {"scorer_backbone": "scorer", "scorer_weights": "scorer_weights", "scorer_version": "scorer_version",
+                    "num_tokens": "num_tokens"}
+
 
 def mapping_arg(text: str) -> dict:
     """An argparse ``type=``: a YAML/JSON mapping of keyword arguments such as ``'{depth: 2}'`` → dict.
