@@ -53,11 +53,11 @@ def train_epoch(
     ckpt_interval: int,
     logger: JsonlLogger,
     save: Callable[[], None],
+    running: RunningMean,
     progress: bool = True,
     on_log: Callable[[float, float], None] | None = None,
     kill_at_step: int | None = None,
-    running: RunningMean | None = None,
-) -> list[float]:
+) -> None:
     """Run epoch ``trainer.epoch`` from optimizer step ``trainer.step_in_epoch`` to its end.
 
     Args:
@@ -71,26 +71,20 @@ def train_epoch(
             and at the end of the epoch.
         ckpt_interval: ``save()`` every this many global steps inside the epoch (the end of the
             epoch is the caller's to save, after evaluation).
-        kill_at_step: tests only: SIGKILL the process at this global step, like a pre-empted job.
         running: the epoch's loss mean, reset at the epoch's first step and fed every step's loss;
             save it with the checkpoint so that a resumed epoch's mean covers the whole epoch.
-
-    Returns:
-        The losses of the steps run (by this call: after a resume, only the rest of the epoch).
+        kill_at_step: tests only: SIGKILL the process at this global step, like a pre-empted job.
     """
     epoch = trainer.epoch
     sampler.set_epoch(epoch)
     sampler.set_start(trainer.step_in_epoch * samples_per_step)
     batches = iter(loader)
-    losses = []
-    if running is not None and trainer.step_in_epoch == 0:
+    if trainer.step_in_epoch == 0:
         running.reset()
     with tqdm(total=steps_per_epoch, initial=trainer.step_in_epoch, desc=f"epoch {epoch}", disable=not progress) as bar:
         while trainer.step_in_epoch < steps_per_epoch:
             loss = step(batches)
-            losses.append(loss)
-            if running is not None:
-                running.add(loss)
+            running.add(loss)
             bar.update(1)
             lr = max(group["lr"] for group in trainer.optimizer.param_groups)
             if trainer.global_step % log_interval == 0 or trainer.step_in_epoch == steps_per_epoch:
@@ -103,4 +97,3 @@ def train_epoch(
                 save()
             if kill_at_step == trainer.global_step:
                 os.kill(os.getpid(), signal.SIGKILL)  # no clean-up, on purpose
-    return losses
