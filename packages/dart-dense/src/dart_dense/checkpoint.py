@@ -20,11 +20,11 @@ from __future__ import annotations
 
 import os
 import os.path as osp
-import pickle
 from typing import Any
 
 import numpy as np
 import torch
+from dart_core.training.checkpoint import CheckpointError, load_weights_only
 from mmengine.dist import master_only
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import RUNNERS
@@ -70,27 +70,17 @@ def load_local_checkpoint(filename: str, map_location=None):
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
         raise FileNotFoundError(f"{filename} can not be found.")
-    try:
-        return torch.load(filename, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as error:  # the weights-only unpickler refused an object ...
-        if "Unsupported operand" in str(error):  # ... or the file is no pickle at all (a text file)
-            raise unreadable(filename, error) from error
+    try:  # nothing beyond tensors and plain containers is trusted here (no allow-list)
+        return load_weights_only(filename, map_location, allowed=[])
+    except CheckpointError as error:
+        if error.refused is None:  # not a readable checkpoint at all (truncated, corrupt, another format)
+            raise ValueError(str(error)) from error
         raise ValueError(
             f"{filename} is not a weights-only checkpoint: it holds objects that would run code on load "
-            f"({error}). Checkpoints written by mmengine's plain Runner hold such objects; write them with "
-            "runner_type='DartRunner', or keep only the weights: torch.save({'state_dict': ...}, path)."
+            f"({', '.join(error.refused) or 'an object outside the allow-list'}). Checkpoints written by mmengine's "
+            "plain Runner hold such objects; write them with runner_type='DartRunner', or keep only the weights: "
+            "torch.save({'state_dict': ...}, path)."
         ) from error
-    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as error:  # torch's errors for a broken file
-        raise unreadable(filename, error) from error
-
-
-def unreadable(filename: str, error: Exception) -> ValueError:
-    """The error for a file torch cannot read as a checkpoint at all."""
-    first_line = next((line.strip() for line in str(error).splitlines() if line.strip()), "")
-    return ValueError(
-        f"checkpoint {filename!r} is not a readable torch.save file (truncated or corrupt, or another format?); "
-        f"re-save or re-download it. (torch said: {type(error).__name__}: {first_line})"
-    )
 
 
 load_local_checkpoint.__name__ = "load_from_local_weights_only"  # mmengine logs name[10:]

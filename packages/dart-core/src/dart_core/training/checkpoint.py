@@ -152,7 +152,17 @@ def load_checkpoint(
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise CheckpointError(f"checkpoint {path!r} does not exist (check the path).", path)
-    allowed = list(SAFE_GLOBALS) + list(extra_safe_globals)
+    return load_weights_only(path, map_location, list(SAFE_GLOBALS) + list(extra_safe_globals))
+
+
+def load_weights_only(path: str, map_location: Any, allowed: list[Any]) -> Any:
+    """``torch.load(path, weights_only=True)`` trusting exactly the globals in ``allowed``.
+
+    Raises:
+        CheckpointError: the file is not a readable torch.save file (``refused`` None), or holds a
+            Python object outside ``allowed`` (``refused``: the names found; the message says how to
+            allow them, advice that callers without ``extra_safe_globals`` word their own way).
+    """
     try:
         with torch.serialization.safe_globals(allowed):
             return torch.load(path, map_location=map_location, weights_only=True)
@@ -168,7 +178,7 @@ def load_checkpoint(
             path,
             refused=tuple(unsafe),
         ) from e
-    except (RuntimeError, EOFError, KeyError, ValueError) as e:  # torch's errors for a non-checkpoint
+    except (RuntimeError, EOFError, KeyError, ValueError, OSError) as e:  # torch's errors for a non-checkpoint
         raise _unreadable(path, e) from e
 
 
