@@ -2,6 +2,7 @@
 
 import os
 import re
+import shutil
 import subprocess
 import sys
 
@@ -129,6 +130,25 @@ def test_kill_mid_epoch_and_resume_matches_uninterrupted_run(data_dir, trained, 
     assert epoch_records(tmp_path) == epoch_records(full_dir)
     losses = train_losses(full_dir)
     assert epoch_records(full_dir)[1]["train_loss"] == sum(losses[s] for s in range(7, 13)) / 6
+
+
+def test_resume_with_more_epochs_follows_the_new_schedule(data_dir, trained, tmp_path):
+    """--epochs 3 on a finished 2-epoch run: the third epoch's learning rates are those of a run
+    planned for 3 epochs from the start (the schedule is rebuilt, not the old one finished at its
+    minimum)."""
+    full_dir, _ = trained
+    resumed = tmp_path / "resumed"
+    shutil.copytree(full_dir, resumed)
+    main([*COMMON[len(VIT):], "--epochs", "3", "--data-dir", data_dir, "--output-dir", str(resumed), "--resume", "auto"])
+    fresh = tmp_path / "fresh"
+    main([*COMMON, "--epochs", "3", "--data-dir", data_dir, "--output-dir", str(fresh)])
+
+    def lrs(out):
+        return {r["global_step"]: r["lr"] for r in read_jsonl(out / "log.jsonl") if r["event"] == "train"}
+
+    third = range(13, 19)
+    assert [lrs(resumed)[s] for s in third] == pytest.approx([lrs(fresh)[s] for s in third])
+    assert lrs(resumed)[13] > 2 * lrs(full_dir)[12]  # not the 2-epoch schedule's floor
 
 
 def tiny_vit(state):

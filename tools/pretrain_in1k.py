@@ -62,6 +62,7 @@ from dart_core.training import (  # noqa: E402
     load_checkpoint,
     optimizer_update,
     restore_rng_state,
+    resume_optimizer,
     save_checkpoint,
     seed_everything,
     seed_rank,
@@ -366,8 +367,11 @@ class Trainer:
             raise UsageError(f"{path} is not a pretrain_in1k checkpoint; start from other weights with --pretrained")
         state = fit_classifier(self.model, ckpt["model"], num_classes, path, self.args.data_dir)
         load_exact(self.model, state, source=path)
-        self.optimizer.load_state_dict(ckpt["optimizer"])
-        self.scheduler.load_state_dict(ckpt["scheduler"])
+        try:  # the moments from the checkpoint; lr, decays and schedule from this run's flags
+            resume_optimizer(self.optimizer, ckpt["optimizer"])
+        except ValueError as error:
+            raise UsageError(f"{path}: the optimizer's parameter groups differ ({error}); resume with the --opt "
+                             "and --weight-decay of that run") from error
         self.scaler.load_state_dict(ckpt["scaler"])
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])

@@ -32,6 +32,7 @@ from dart_core.training import (
     load_checkpoint,
     optimizer_update,
     restore_rng_state,
+    resume_optimizer,
     save_checkpoint,
     seed_rank,
     train_epoch,
@@ -212,7 +213,8 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(), "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(), "epoch": self.epoch, "step_in_epoch": self.step_in_epoch,
             "global_step": self.global_step, "steps_per_epoch": self.steps_per_epoch,
-            "epoch_loss": self.epoch_loss.state_dict(), "world_size": self.ctx.world_size, "rng": all_gather_objects(capture_rng_state()),
+            "epoch_loss": self.epoch_loss.state_dict(), "world_size": self.ctx.world_size,
+            "rng": all_gather_objects(capture_rng_state()),
             "classes": list(classes), "best_top1": self.best_top1, "config": self.config.to_dict(),
         }
 
@@ -234,17 +236,11 @@ class Trainer:
             load_exact(self.model, ckpt["model"], source=path)
         except CheckpointMismatchError as error:
             raise TrainingError(str(error)) from error
-        # The moments come from the checkpoint; the learning rates, decays and schedule from this
-        # run's config (the scheduler is a pure function of the step: a longer --epochs or another
-        # --lr rebuilds the schedule instead of finishing the old one).
-        settings = [{k: v for k, v in group.items() if k != "params"} for group in self.optimizer.param_groups]
-        try:
-            self.optimizer.load_state_dict(ckpt["optimizer"])
+        try:  # the moments from the checkpoint; lr, decays and schedule from this run's config
+            resume_optimizer(self.optimizer, ckpt["optimizer"])
         except ValueError as error:
             raise TrainingError(f"{path}: the optimizer's parameter groups differ ({error}); resume with the "
                                 "--layer-decay and --weight-decay of that run") from error
-        for group, own in zip(self.optimizer.param_groups, settings, strict=True):
-            group.update(own)
         self.scaler.load_state_dict(ckpt["scaler"])
         self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
         self.best_top1 = ckpt["best_top1"]

@@ -16,7 +16,7 @@ from .flops import count_flops, count_params, unfused_attention
 from .jsonl import JsonlLogger, read_jsonl
 from .loop import RunningMean, train_epoch
 from .rng import capture_rng_state, restore_rng_state, seed_everything, seeded_rng
-from .step import optimizer_update
+from .step import optimizer_update, resume_optimizer
 
 __all__ = [
     "SAFE_GLOBALS",
@@ -36,6 +36,7 @@ __all__ = [
     "optimizer_update",
     "read_jsonl",
     "restore_rng_state",
+    "resume_optimizer",
     "sample_seed",
     "save_checkpoint",
     "seed_everything",

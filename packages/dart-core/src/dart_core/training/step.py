@@ -1,4 +1,4 @@
-"""The optimizer update shared by the training loops (image pretraining, video)."""
+"""The optimizer update shared by the training loops (image pretraining, video), and resuming an optimizer."""
 
 from __future__ import annotations
 
@@ -21,3 +21,21 @@ def optimizer_update(
     scaler.step(optimizer)
     scaler.update()
     optimizer.zero_grad(set_to_none=True)
+
+
+def resume_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
+    """Load a checkpoint's optimizer state (the moments) but keep this run's group settings.
+
+    The learning rates, weight decays and layer-decay scales come from the current config, so a
+    resume with a longer ``--epochs`` or another ``--lr`` follows the new schedule (timm's
+    schedulers are pure functions of the step: the caller builds one from the config and does not
+    load the saved one). Same settings, same run: an exact resume is unchanged.
+
+    Raises:
+        ValueError: the checkpoint's parameter groups do not match the optimizer's (from
+            ``Optimizer.load_state_dict``).
+    """
+    settings = [{key: value for key, value in group.items() if key != "params"} for group in optimizer.param_groups]
+    optimizer.load_state_dict(state)
+    for group, own in zip(optimizer.param_groups, settings, strict=True):
+        group.update(own)
