@@ -63,6 +63,7 @@ from dart_core.training import (  # noqa: E402
     optimizer_update,
     restore_rng_state,
     resume_optimizer,
+    resume_path,
     save_checkpoint,
     seed_everything,
     seed_rank,
@@ -206,10 +207,7 @@ def checkpoint_source(args) -> str | None:
         if not (args.checkpoint or args.pretrained):
             raise UsageError("--eval needs --checkpoint PATH (one of our checkpoints or a published DeiT/darvit file)")
         return args.checkpoint
-    if args.resume == "auto":
-        last = os.path.join(args.output_dir, "last.pth")
-        return last if os.path.isfile(last) else None
-    return args.resume
+    return resume_path(args.resume, args.output_dir)
 
 
 def given_flags(args, argv: list[str] | None) -> set[str]:

@@ -33,6 +33,7 @@ from dart_core.training import (
     optimizer_update,
     restore_rng_state,
     resume_optimizer,
+    resume_path,
     save_checkpoint,
     seed_rank,
     train_epoch,
@@ -301,8 +302,7 @@ def fit(config: TrainConfig, ctx: DistContext, model: VideoMamba, train_samples,
             f"one optimizer step's {config.batch_size} x {config.accum_steps}; lower --batch-size/--accum-steps")
     steps_per_epoch = min(steps_per_epoch, config.max_steps or steps_per_epoch)
     trainer = Trainer(config, ctx, model, num_classes, steps_per_epoch)
-    if resume == "auto":
-        resume = os.path.join(out, "last.pth") if os.path.isfile(os.path.join(out, "last.pth")) else None
+    resume = resume_path(resume, out)
     if resume:
         trainer.load(resume)
     else:

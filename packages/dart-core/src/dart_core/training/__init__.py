@@ -2,7 +2,7 @@
 resumable seeded data order, the steps of a resumable epoch, JSON-lines logs, torchrun setup
 and FLOP counting."""
 
-from .checkpoint import SAFE_GLOBALS, CheckpointError, load_checkpoint, save_checkpoint
+from .checkpoint import SAFE_GLOBALS, CheckpointError, load_checkpoint, resume_path, save_checkpoint
 from .data import EpochSampler, SeededDataset, sample_seed
 from .distributed import (
     DistContext,
@@ -37,6 +37,7 @@ __all__ = [
     "read_jsonl",
     "restore_rng_state",
     "resume_optimizer",
+    "resume_path",
     "sample_seed",
     "save_checkpoint",
     "seed_everything",

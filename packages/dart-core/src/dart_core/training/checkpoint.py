@@ -119,6 +119,16 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
     _remove_stale_temporaries(path)
 
 
+
+def resume_path(resume: str | None, output_dir: str) -> str | None:
+    """The checkpoint a ``--resume`` value names: ``"auto"`` is ``output_dir/last.pth`` when it
+    exists (else a fresh start, None); anything else is taken as it is."""
+    if resume == "auto":
+        last = os.path.join(output_dir, "last.pth")
+        return last if os.path.isfile(last) else None
+    return resume
+
+
 def _fsync_dir(directory: str) -> None:
     try:
         fd = os.open(directory, os.O_RDONLY)
