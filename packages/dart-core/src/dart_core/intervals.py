@@ -70,6 +70,12 @@ def interval_integral(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor
         raise ValueError(f"the signal has no cells: values {tuple(values.shape)}")
     if values.device.type == "cpu" and values.dtype in native.SUFFIXES and native.available(warn=True):
         return native_interval_integral(values.expand(batch, -1, -1), edges.to(values.dtype))
+    return running_interval_integral(values, edges)
+
+
+def running_interval_integral(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
+    """:func:`interval_integral` as differences of :func:`running_integral_at` (the PyTorch
+    formulation: any device, and differentiable twice)."""
     integral = running_integral_at(values, edges)
     return integral[:, 1:] - integral[:, :-1]
 

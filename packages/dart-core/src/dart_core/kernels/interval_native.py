@@ -85,11 +85,10 @@ def _backward(ctx, grad):
         return interval_integral_backward(grad, values, points)
     # create_graph=True (second derivatives, e.g. a gradient penalty): differentiate the PyTorch
     # formulation, whose backward is itself differentiable. Same first derivatives.
-    from ..intervals import running_integral_at  # (intervals imports this module)
+    from ..intervals import running_interval_integral  # (intervals imports this module)
 
     wanted = [tensor for tensor in (values, points) if tensor.requires_grad]
-    running = running_integral_at(values, points)
-    found = iter(torch.autograd.grad(running[:, 1:] - running[:, :-1], wanted, grad, create_graph=True))
+    found = iter(torch.autograd.grad(running_interval_integral(values, points), wanted, grad, create_graph=True))
     return tuple(next(found) if tensor.requires_grad else None for tensor in (values, points))
 
 
