@@ -218,9 +218,8 @@ def token_grid(tokens: int) -> tuple[int, int]:
     return side, side
 
 
-def build(args, device: torch.device) -> dict:
+def build(args, grid: tuple[int, int], device: torch.device) -> dict:
     torch.manual_seed(0)
-    grid = token_grid(args.tokens)
     scorer = build_scorer("mobilenet_v3_small", "v1", grid_size=grid)
     models = {
         "patch_embed": PatchEmbedTokenizer(args.embed_dim, grid),
@@ -236,8 +235,8 @@ def run(args) -> dict:
     device = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    tokenizers = build(args, device)
     grid = token_grid(args.tokens)
+    tokenizers = build(args, grid, device)
     small = torch.randn(args.batch, 3, grid[0] * PATCH, grid[1] * PATCH, device=device)
     large = torch.randn(args.batch, 3, 2 * grid[0] * PATCH, 2 * grid[1] * PATCH, device=device)
     patch_bytes = args.batch * args.tokens * 3 * PATCH * PATCH * large.element_size()
