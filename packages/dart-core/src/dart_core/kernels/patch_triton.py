@@ -135,16 +135,22 @@ def _block(patch_size: int) -> int:
     return triton.next_power_of_2(patch_size)
 
 
+def _launch(kernel, grid: tuple[int, ...], args: tuple, constexprs: dict) -> None:
+    """Run ``kernel`` on ``grid``; the one place the wrappers launch, so ``tools/compile_triton.py``
+    can record the exact arguments and compile them ahead of time for a GPU it does not have."""
+    kernel[grid](*args, **constexprs)
+
+
 def patch_sample_forward(images, line_top, line_frac, sample_left, sample_frac):
     """Triton forward; same contract as :func:`.patch_torch.patch_sample_forward`."""
     batch, channels, height, width = images.shape
     rows, lines = line_top.shape[1], line_top.shape[2]
     tokens = sample_left.shape[1] // lines
     out = images.new_empty(batch, tokens, channels, lines, lines)
-    _patch_forward_kernel[(batch * tokens, channels)](
-        images, line_top, line_frac, sample_left, sample_frac, out,
-        channels, height, width, tokens, rows,
-        LINES=lines, BLOCK=_block(lines),
+    _launch(
+        _patch_forward_kernel, (batch * tokens, channels),
+        (images, line_top, line_frac, sample_left, sample_frac, out, channels, height, width, tokens, rows),
+        {"LINES": lines, "BLOCK": _block(lines)},
     )
     return out
 
@@ -158,10 +164,10 @@ def patch_sample_backward(grad_patches, images, line_top, line_frac, sample_left
     grad_line = torch.zeros_like(line_frac)
     grad_sample = torch.empty_like(sample_frac)
     grad_image = torch.zeros(images.shape, device=images.device, dtype=dtype) if need_images else grad_line
-    _patch_backward_kernel[(batch * tokens,)](
-        grad_patches.contiguous(), images, line_top, line_frac, sample_left, sample_frac,
-        grad_image, grad_line, grad_sample,
-        channels, height, width, tokens, rows,
-        LINES=lines, BLOCK=_block(lines), IMAGE_GRAD=need_images,
+    _launch(
+        _patch_backward_kernel, (batch * tokens,),
+        (grad_patches.contiguous(), images, line_top, line_frac, sample_left, sample_frac,
+         grad_image, grad_line, grad_sample, channels, height, width, tokens, rows),
+        {"LINES": lines, "BLOCK": _block(lines), "IMAGE_GRAD": need_images},
     )
     return (grad_image.to(images.dtype) if need_images else None), grad_line, grad_sample
