@@ -377,3 +377,31 @@ def test_init_distributed_needs_torchrun_variables(monkeypatch):
 
 # Two gloo processes (init_distributed, all_reduce_sum, all_gather_objects) run under torchrun in
 # tests/test_pretrain.py::test_two_processes_under_torchrun.
+
+
+@pytest.mark.parametrize(
+    ("content", "error", "message"),
+    [
+        (None, FileNotFoundError, "does not exist"),
+        (b"  \n", ValueError, "is empty"),
+        (b'{"a": \xff}', ValueError, "is not UTF-8 text"),
+        (b'{"a": [1,', ValueError, r"is not valid JSON \(Expecting value: line 1 column 10"),
+    ],
+)
+def test_read_json_names_the_file_the_problem_and_the_remedy(tmp_path, content, error, message):
+    from dart_core.datafiles import read_json
+
+    path = tmp_path / "labels.json"
+    if content is not None:
+        path.write_bytes(content)
+    with pytest.raises(error, match=message) as raised:
+        read_json(path, "restore it from the release")
+    assert str(path) in str(raised.value) and str(raised.value).endswith("; restore it from the release")
+
+
+def test_read_json_returns_the_parsed_content(tmp_path):
+    from dart_core.datafiles import read_json
+
+    path = tmp_path / "split.json"
+    path.write_text('[{"id": "7", "template": "Pushing [something]"}]', encoding="utf-8")
+    assert read_json(path, "unused") == [{"id": "7", "template": "Pushing [something]"}]

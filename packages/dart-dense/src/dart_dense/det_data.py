@@ -19,11 +19,11 @@ Handling of imperfect annotations (nothing is dropped silently):
 
 from __future__ import annotations
 
-import json
 import os.path as osp
 from typing import Literal
 
 import torch
+from dart_core.datafiles import read_json
 from mmengine.logging import print_log
 from mmengine.registry import DATASETS
 from pycocotools.coco import COCO
@@ -40,16 +40,7 @@ def load_coco(ann_file: str) -> COCO:
     """Read a COCO annotation file, with clear errors naming the file (and the record) for a missing,
     empty, malformed or image-less file, a record without a field it needs, a bbox that is not
     4 numbers, and an annotation of an image the file does not list."""
-    if not osp.isfile(ann_file):
-        raise FileNotFoundError(f"annotation file {ann_file} does not exist")
-    with open(ann_file) as handle:
-        text = handle.read()
-    if not text.strip():
-        raise ValueError(f"annotation file {ann_file} is empty; expected COCO json with images/annotations/categories")
-    try:
-        content = json.loads(text)
-    except json.JSONDecodeError as error:
-        raise ValueError(f"annotation file {ann_file} is not valid JSON ({error})") from error
+    content = read_json(ann_file, "a COCO annotation file is JSON with images/annotations/categories lists")
     if not isinstance(content, dict):
         raise ValueError(f"annotation file {ann_file} holds a JSON {type(content).__name__}; a COCO file is an "
                          "object with 'images', 'annotations' and 'categories' lists")

@@ -28,7 +28,6 @@ Decoding uses decord (``decord2``) when importable and PyAV otherwise (or when d
 
 from __future__ import annotations
 
-import json
 import os
 import random
 import warnings
@@ -38,6 +37,7 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from dart_core.datafiles import read_json
 from dart_core.training import seeded_rng
 from torch.utils.data import Dataset
 
@@ -61,23 +61,18 @@ class VideoSample:
 # Annotations
 
 
+RESTORE_SSV2 = "restore the file from the SSv2 release"
+
+
 def ssv2_class_name(template: str) -> str:
     """The SSv2 class of a clip: its template without the placeholder brackets."""
     return template.replace("[", "").replace("]", "")
 
 
-def _read_json(path: str):
-    try:
-        with open(path, encoding="utf-8") as f:
-            return json.load(f)
-    except (json.JSONDecodeError, UnicodeDecodeError) as error:
-        raise ValueError(f"{path} is not valid JSON ({error}); restore the file from the SSv2 release") from error
-
-
 def read_ssv2_classes(labels_path: str) -> list[str]:
     """The class names by index from an SSv2 ``labels.json`` (``{name: "index"}``, the indices
     0 .. C−1 each once)."""
-    raw = _read_json(labels_path)
+    raw = read_json(labels_path, RESTORE_SSV2)
     if not isinstance(raw, dict) or not raw:
         raise ValueError(f'{labels_path} must map class names to indices, e.g. {{"Holding something": "0"}}')
     names: list[str | None] = [None] * len(raw)
@@ -112,7 +107,7 @@ def read_ssv2(root: str, split: str) -> tuple[list[VideoSample], list[str]]:
     video_dir = next((os.path.join(root, d) for d in SSV2_VIDEO_DIRS if os.path.isdir(os.path.join(root, d))), None)
     if video_dir is None:
         raise FileNotFoundError(f"no videos folder in {root}: expected one of {list(SSV2_VIDEO_DIRS)}")
-    entries = _read_json(split_path)
+    entries = read_json(split_path, RESTORE_SSV2)
     if not isinstance(entries, list) or not entries:
         raise ValueError(f"{split_path} lists no clips: expected a non-empty list of "
                          '{"id": ..., "template": ...} entries')
