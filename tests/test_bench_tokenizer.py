@@ -35,3 +35,20 @@ def test_a_token_count_patch_embed_cannot_make_is_refused(tokens, capsys):
     with pytest.raises(SystemExit):
         bench_tokenizer.main(["--tokens", tokens])
     assert "PatchEmbed's token count is a square grid" in capsys.readouterr().err
+
+
+def test_the_gemm_floor_is_the_three_projection_products_of_a_dart_step():
+    """Forward, weight gradient and patch gradient: 3 × 2·(B·N)·D·(C·P·P) FLOPs, the same products
+    autograd runs for DART's projection (counted on a real step of the tokenizer's linear)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    batch, grid, dim = 2, (4, 4), 8
+    tokenizer = bench_tokenizer.DARTTokenizer(dim, grid, bench_tokenizer.LearnedScores(grid))
+    images = torch.randn(batch, 3, 2 * 16 * grid[0], 2 * 16 * grid[1])
+    with FlopCounterMode(display=False) as floor:
+        bench_tokenizer.projection_gemms(tokenizer, images)()
+    patches = torch.randn(batch * 16, 3 * 16 * 16, requires_grad=True)  # needs a patch gradient, like DART's
+    with FlopCounterMode(display=False) as step:
+        tokenizer.embed.project(patches.view(batch, 16, 3, 16, 16)).sum().backward()
+    assert floor.get_total_flops() == step.get_total_flops() == 3 * 2 * (batch * 16) * dim * (3 * 16 * 16)

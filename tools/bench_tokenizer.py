@@ -11,7 +11,9 @@ inputs, DART on 32·g inputs with a g × g grid, both models likewise. Rows:
   scores are a learned (h, w) map, so gradients still flow through the partition) and with the
   MobileNetV3-Small scorer of the DeiT-Tiny model; on the CPU also the no-scorer forward + backward
   with the PyTorch fallback instead of the compiled C kernels (what a machine without a C compiler
-  runs);
+  runs), and the floor under DART's forward + backward: its three projection matrix products alone
+  (forward, weight gradient, and the patch gradient that carries the loss to the scores, which
+  PatchEmbed never computes) on random operands;
 * one whole training step (forward, cross-entropy, backward, AdamW) of DeiT-Tiny + DART
   (``deit_tiny_dart_patch16_448``) against DeiT-Tiny (``deit_tiny_patch16_224``), same tokens;
 * peak memory of each tokenizer step (CPU: peak bytes of the live tensors it creates; CUDA: the
@@ -145,6 +147,23 @@ def train_step(model: nn.Module, images: torch.Tensor) -> Callable[[], None]:
     return run
 
 
+def projection_gemms(tokenizer: DARTTokenizer, images: torch.Tensor) -> Callable[[], None]:
+    """DART's three projection matrix products of a training step on random operands, nothing else:
+    forward, weight gradient, and the patch gradient PatchEmbed never needs (it carries the loss
+    to the scores). Their time is a floor under DART's forward + backward."""
+    weight = tokenizer.embed.proj.weight.detach().flatten(1)  # (D, C·P·P)
+    count = images.shape[0] * tokenizer.embed.num_tokens
+    patches = torch.randn(count, weight.shape[1], device=images.device)
+    grad = torch.randn(count, weight.shape[0], device=images.device)
+    bias = torch.zeros(weight.shape[0], device=images.device)
+
+    def run() -> None:
+        torch.addmm(bias, patches, weight.t())
+        grad.t() @ patches
+        grad @ weight
+    return run
+
+
 def with_pytorch_kernels(step: Callable[[], None]) -> Callable[[], None]:
     """The same step with the PyTorch CPU paths instead of the compiled kernels (no C compiler)."""
     def run() -> None:
@@ -260,6 +279,9 @@ def run(args) -> dict:
         timed(f"tokenizer forward, {label}", forward_step(base, small), forward_step(tokenizers[key], large), repeats)
         timed(f"tokenizer forward + backward, {label}", train_step(base, small), train_step(tokenizers[key], large),
               repeats)
+        if key == "dart":
+            timed("  floor: its 3 projection GEMMs alone", train_step(base, small),
+                  projection_gemms(tokenizers[key], large), repeats)
         if device.type == "cpu" and key == "dart" and native.available():
             timed("  the same, PyTorch CPU path (no C compiler)", train_step(base, small),
                   with_pytorch_kernels(train_step(tokenizers[key], large)), repeats)
