@@ -16,7 +16,9 @@ import reference_dart as ref
 import torch
 import torch.nn.functional as F
 from dart_core import partition, resample_pos_embed, sample_patches
+from dart_core.intervals import running_integral_at
 from dart_core.kernels import native, resolve_backend, sample_strip_patches
+from dart_core.partition import default_num_rows
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -577,3 +579,23 @@ def test_interval_integral_nan_points_and_gradients_at_the_ends():
     torch.testing.assert_close(grads["native"], grads["torch"], rtol=0, atol=1e-12)
     assert grads["native"][1][0, 0] == 0 and grads["native"][1][0, 3] == 0  # the ends 0 and n
     assert grads["native"][1][0, 1] != 0 and grads["native"][1][0, 4] != 0
+
+
+@pytest.mark.parametrize("shape", [((14, 14), 196), ((8 * 14, 14), 784)])  # DeiT's grid; a video's tall strip
+def test_positional_resampling_ignores_autocast(shape):
+    """Under bf16 autocast the row resampling is a matmul that autocasts: the token edges must not
+    be rounded to the bf16 strip's precision (which snaps them to whole cells, or to multiples of 8
+    on a video strip, and zeroes tokens whose ends collide)."""
+    (height, width), tokens = shape
+    g = torch.Generator().manual_seed(3)
+    part = partition(torch.rand(2, height, width, generator=g) + 0.05, default_num_rows(tokens, (height, width)), tokens)
+    table = torch.randn(1, height, width, 16, generator=g) * 0.02
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = resample_pos_embed(table, part)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, resample_pos_embed(table, part), rtol=0, atol=0)  # as without autocast
+    torch.testing.assert_close(got.double(), resample_pos_embed(table.double(), part), rtol=0, atol=1e-5)
+    direct = running_integral_at(table.flatten(1, 2)[:, :50].bfloat16(), torch.tensor([[10.3, 20.7]]))
+    exact = running_integral_at(table.flatten(1, 2)[:, :50].bfloat16().double(), torch.tensor([[10.3, 20.7]]))
+    assert direct.dtype == torch.bfloat16  # bf16 values, but the points keep their fractions
+    torch.testing.assert_close(direct.double(), exact.bfloat16().double())

@@ -35,12 +35,16 @@ def running_integral_at(values: torch.Tensor, points: torch.Tensor) -> torch.Ten
         points: (B, K) positions in [0, n] (clamped to it).
 
     Returns:
-        (B, K, D) the integrals.
+        (B, K, D) the integrals, in ``values``' dtype (computed in float32 at least: the points
+        keep their fractions when the values are bfloat16 or float16).
     """
     batch, count = points.shape
     shared, cells, dim = values.shape
     if shared not in (1, batch):
         raise ValueError(f"values has batch {shared}; expected 1 or the points' batch {batch}")
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    if dtype != values.dtype:
+        return running_integral_at(values.to(dtype), points).to(values.dtype)
     points = points.to(values.dtype).clamp(0.0, float(cells))
     totals = torch.nn.functional.pad(values.cumsum(dim=1), (0, 0, 1, 0))  # (B or 1, n + 1, D)
     cell = points.detach().floor().nan_to_num(0.0).long().clamp(max=cells - 1)  # a NaN point: a NaN integral

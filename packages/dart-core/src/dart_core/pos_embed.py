@@ -38,14 +38,17 @@ def resample_pos_embed(pos_grid: torch.Tensor, partition: Partition) -> torch.Te
     if shared not in (1, batch):
         raise ValueError(f"pos_grid has batch {shared}; expected 1 or the partition's {batch}")
     work = pos_grid if pos_grid.dtype in (torch.float32, torch.float64) else pos_grid.float()
-    # Rows: R × h overlap weights are tiny, so one matrix product (a shared table: one GEMM).
-    weights = overlap_average_weights(partition.row_edges * height, height, row_overlap_normaliser).to(work.dtype)
-    table = work.flatten(2)  # (1 or B, h, w * D)
-    rows = weights @ (table[0] if shared == 1 else table)  # (B, R, w * D)
-    strip = rows.reshape(batch, -1, dim)  # (B, R * w, D)
-    # Tokens: N × R·w would be large and mostly zero; the running integral is O(R·w + N).
-    token_edges = partition.token_edges.to(work.dtype) * width
-    return interval_average(strip, token_edges, token_overlap_normaliser).to(pos_grid.dtype)
+    # Autocast off: it would run the row product in bf16/fp16, and the token edges would then be
+    # rounded to that precision (whole cells on a 196-cell strip) when the strip is integrated.
+    with torch.autocast(pos_grid.device.type, enabled=False):
+        # Rows: R × h overlap weights are tiny, so one matrix product (a shared table: one GEMM).
+        weights = overlap_average_weights(partition.row_edges * height, height, row_overlap_normaliser).to(work.dtype)
+        table = work.flatten(2)  # (1 or B, h, w * D)
+        rows = weights @ (table[0] if shared == 1 else table)  # (B, R, w * D)
+        strip = rows.reshape(batch, -1, dim)  # (B, R * w, D)
+        # Tokens: N × R·w would be large and mostly zero; the running integral is O(R·w + N).
+        token_edges = partition.token_edges.to(work.dtype) * width
+        return interval_average(strip, token_edges, token_overlap_normaliser).to(pos_grid.dtype)
 
 
 def split_prefix_pos_embed(
