@@ -72,8 +72,12 @@ def split_prefix_pos_embed(
             f"positional table has {length} entries; expected {len(prefix_index)} prefix + "
             f"{height}x{width} grid entries"
         )
-    keep = torch.ones(length, dtype=torch.bool, device=pos_embed.device)
-    keep[list(prefix_index)] = False
-    prefix = pos_embed[:, list(prefix_index)]
-    grid = pos_embed[:, keep].reshape(pos_embed.shape[0], height, width, -1)
-    return prefix, grid
+    positions = sorted(prefix_index)
+    if len(set(positions)) != len(positions) or (positions and not 0 <= positions[0] <= positions[-1] < length):
+        raise ValueError(f"prefix_index {tuple(prefix_index)} must be distinct positions in [0, {length})")
+    # Slices, not index tensors: the positions are Python ints, and a list or mask index would
+    # copy them to the device and read a mask back (host syncs in every forward on a GPU).
+    prefix = torch.cat([pos_embed[:, i : i + 1] for i in prefix_index], dim=1) if positions else pos_embed[:, :0]
+    bounds = [-1, *positions, length]
+    grid = torch.cat([pos_embed[:, start + 1 : end] for start, end in zip(bounds, bounds[1:], strict=False)], dim=1)
+    return prefix, grid.reshape(pos_embed.shape[0], height, width, -1)

@@ -1,0 +1,89 @@
+"""No host synchronisation in a DART model's training step (issue 6: "no host sync in the forward").
+
+On a GPU, reading a tensor's value on the host (``.item()``, ``bool()``, ``nonzero``, a boolean-mask
+index) blocks until the device has caught up, and a Python list or literal used as an index is
+created on the CPU and copied over with a blocking copy. CI has no GPU, so this watches the aten
+ops a CPU step dispatches for the ones that would synchronise on CUDA.
+"""
+
+from __future__ import annotations
+
+import collections
+import traceback
+
+import dart_core.mamba  # noqa: F401  (registers the Vim models)
+import dart_video  # noqa: F401  (registers the VideoMamba models)
+import pytest
+import timm
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+SYNCING = {
+    torch.ops.aten._local_scalar_dense.default: "a value read on the host (.item(), bool(), int())",
+    torch.ops.aten.nonzero.default: "nonzero",
+    torch.ops.aten.masked_select.default: "masked_select",
+    torch.ops.aten.is_nonzero.default: "bool() of a tensor",
+    torch.ops.aten.lift_fresh.default: "a tensor built from a Python list or literal (a blocking copy on CUDA)",
+}
+INDEXING = (torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torch.ops.aten._index_put_impl.default)
+
+
+class HostSyncs(TorchDispatchMode):
+    """Counts the ops that would synchronise on CUDA, by reason and by the DART source line."""
+
+    def __init__(self):
+        super().__init__()
+        self.found = collections.Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        reason = SYNCING.get(func)
+        if func in INDEXING and any(isinstance(index, torch.Tensor) and index.dtype == torch.bool
+                                    for index in tree_flatten(args[1])[0]):
+            reason = "a boolean-mask index (nonzero inside)"
+        if reason:
+            frames = [frame for frame in traceback.extract_stack() if "/dart_" in frame.filename]
+            where = f"{frames[-1].filename.rsplit('/src/', 1)[-1]}:{frames[-1].lineno}" if frames else "outside DART"
+            self.found[f"{reason} at {where}"] += 1
+        return func(*args, **(kwargs or {}))
+
+
+MODELS = {
+    "deit_tiny_dart_patch16_448": (dict(img_size=64, depth=1, num_tokens=16), (2, 3, 64, 64)),
+    "vim_tiny_dart_patch16_224": (dict(img_size=64, depth=2, embed_dim=32, d_state=4, num_tokens=12), (2, 3, 64, 64)),
+    "videomamba_tiny_dart_patch16_224": (dict(img_size=64, depth=2, embed_dim=32, num_frames=3), (2, 3, 3, 64, 64)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(MODELS))
+def test_a_training_step_has_no_host_sync(name):
+    kwargs, shape = MODELS[name]
+    torch.manual_seed(0)
+    model = timm.create_model(name, num_classes=5, **kwargs).train()
+    inputs = torch.rand(shape)
+    labels = torch.tensor([1, 3])
+    model(inputs)  # first call: the frozen scorer folds its BatchNorms once (a one-off, not per step)
+    with HostSyncs() as watch:
+        torch.nn.functional.cross_entropy(model(inputs), labels).backward()
+    assert not watch.found, dict(watch.found)
+
+
+@pytest.mark.parametrize("prefix_index", [(), (0,), (0, 1), (8,), (1, 0), (0, 17)])
+def test_split_prefix_pos_embed_matches_a_mask_split(prefix_index):
+    """The slice-based split (no host sync) against the obvious boolean-mask split."""
+    from dart_core import split_prefix_pos_embed
+
+    table = torch.randn(2, 16 + len(prefix_index), 5)
+    prefix, grid = split_prefix_pos_embed(table, (4, 4), prefix_index)
+    keep = torch.ones(table.shape[1], dtype=torch.bool)
+    keep[list(prefix_index)] = False
+    assert torch.equal(prefix, table[:, list(prefix_index)])
+    assert torch.equal(grid, table[:, keep].reshape(2, 4, 4, 5))
+
+
+@pytest.mark.parametrize("prefix_index", [(0, 0), (17,), (-1,)])
+def test_split_prefix_pos_embed_refuses_bad_positions(prefix_index):
+    from dart_core import split_prefix_pos_embed
+
+    with pytest.raises(ValueError, match="must be distinct positions"):
+        split_prefix_pos_embed(torch.randn(1, 16 + len(prefix_index), 5), (4, 4), prefix_index)
