@@ -599,3 +599,40 @@ def test_positional_resampling_ignores_autocast(shape):
     exact = running_integral_at(table.flatten(1, 2)[:, :50].bfloat16().double(), torch.tensor([[10.3, 20.7]]))
     assert direct.dtype == torch.bfloat16  # bf16 values, but the points keep their fractions
     torch.testing.assert_close(direct.double(), exact.bfloat16().double())
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_positions_in_any_memory_layout_sample_the_same_patches(backend):
+    """Sample positions with the batch innermost (a permuted tensor) give the contiguous result;
+    the Triton kernel indexes its taps as contiguous, so the dispatcher must make them so."""
+    g = torch.Generator().manual_seed(4)
+    images = torch.randn(3, 2, 8, 8, generator=g)
+    line_y = (torch.rand(3, 2, 2, generator=g) * 7).permute(2, 1, 0).contiguous().permute(2, 1, 0)
+    sample_x = (torch.rand(3, 5, 2, generator=g) * 15).permute(1, 2, 0).contiguous().permute(2, 0, 1)
+    want = sample_strip_patches(images, line_y.contiguous(), sample_x.contiguous(), backend)
+    torch.testing.assert_close(sample_strip_patches(images, line_y, sample_x, backend), want, rtol=0, atol=0)
+
+
+def test_triton_launches_on_the_tensors_gpu(monkeypatch):
+    """Triton launches on the current CUDA device: tensors on cuda:1 must run with cuda:1 current.
+    No GPU here, so the device switch is recorded instead of made."""
+    import contextlib
+
+    from dart_core.kernels import patch_triton
+
+    current = ["cuda:0"]
+
+    @contextlib.contextmanager
+    def switch(device):
+        previous, current[0] = current[0], str(device)
+        yield
+        current[0] = previous
+
+    class Kernel:
+        def __getitem__(self, grid):
+            return lambda *args, **constexprs: launched.append((current[0], grid, args, constexprs))
+
+    launched = []
+    monkeypatch.setattr(torch.cuda, "device", switch)
+    patch_triton._launch(Kernel(), torch.device("cuda", 1), (4, 3), (1, 2), {"LINES": 16})
+    assert launched == [("cuda:1", (4, 3), (1, 2), {"LINES": 16})] and current == ["cuda:0"]

@@ -67,7 +67,7 @@ def record_launches(image_dtype: torch.dtype, patch_size: int) -> list[dict]:
     grad = torch.zeros(batch, tokens, channels, patch_size, patch_size, dtype=image_dtype)
     launches: list[dict] = []
 
-    def record(kernel, grid, args, constexprs):
+    def record(kernel, device, grid, args, constexprs):
         launches.append({"kernel": kernel, "grid": grid, "args": args, "constexprs": dict(constexprs)})
 
     real_launch = patch_triton._launch

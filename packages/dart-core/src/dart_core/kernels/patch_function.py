@@ -185,6 +185,6 @@ def sample_strip_patches(
     sample_left = x.detach().floor().clamp(-2.0, length + 1.0).nan_to_num(-2.0).long()
     sample_frac = (x - sample_left.to(x.dtype)).to(dtype)
     return PatchSample.apply(
-        images.contiguous(), line_top.contiguous(), line_frac.contiguous(), sample_left, sample_frac.contiguous(),
-        backend,
+        images.contiguous(), line_top.contiguous(), line_frac.contiguous(), sample_left.contiguous(),
+        sample_frac.contiguous(), backend,
     )

@@ -135,10 +135,19 @@ def _block(patch_size: int) -> int:
     return triton.next_power_of_2(patch_size)
 
 
-def _launch(kernel, grid: tuple[int, ...], args: tuple, constexprs: dict) -> None:
-    """Run ``kernel`` on ``grid``; the one place the wrappers launch, so ``tools/compile_triton.py``
-    can record the exact arguments and compile them ahead of time for a GPU it does not have."""
-    kernel[grid](*args, **constexprs)
+def _launch(kernel, device: torch.device, grid: tuple[int, ...], args: tuple, constexprs: dict) -> None:
+    """Run ``kernel`` on ``grid`` on the tensors' ``device``; the one place the wrappers launch, so
+    ``tools/compile_triton.py`` can record the exact arguments and compile them ahead of time.
+
+    Triton launches on the *current* CUDA device and its current stream, and accepts pointers
+    into another GPU's memory: tensors on ``cuda:1`` while ``cuda:0`` is current would run on
+    GPU 0, unordered with GPU 1's work. The launch therefore makes the tensors' device current.
+    """
+    if device.type != "cuda":  # the interpreter (TRITON_INTERPRET=1) on CPU tensors
+        kernel[grid](*args, **constexprs)
+        return
+    with torch.cuda.device(device):
+        kernel[grid](*args, **constexprs)
 
 
 def patch_sample_forward(images, line_top, line_frac, sample_left, sample_frac):
@@ -148,7 +157,7 @@ def patch_sample_forward(images, line_top, line_frac, sample_left, sample_frac):
     tokens = sample_left.shape[1] // lines
     out = images.new_empty(batch, tokens, channels, lines, lines)
     _launch(
-        _patch_forward_kernel, (batch * tokens, channels),
+        _patch_forward_kernel, images.device, (batch * tokens, channels),
         (images, line_top, line_frac, sample_left, sample_frac, out, channels, height, width, tokens, rows),
         {"LINES": lines, "BLOCK": _block(lines)},
     )
@@ -165,7 +174,7 @@ def patch_sample_backward(grad_patches, images, line_top, line_frac, sample_left
     grad_sample = torch.empty_like(sample_frac)
     grad_image = torch.zeros(images.shape, device=images.device, dtype=dtype) if need_images else grad_line
     _launch(
-        _patch_backward_kernel, (batch * tokens,),
+        _patch_backward_kernel, images.device, (batch * tokens,),
         (grad_patches.contiguous(), images, line_top, line_frac, sample_left, sample_frac,
          grad_image, grad_line, grad_sample, channels, height, width, tokens, rows),
         {"LINES": lines, "BLOCK": _block(lines), "IMAGE_GRAD": need_images},
