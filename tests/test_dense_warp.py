@@ -9,6 +9,8 @@ import torch
 import torch.nn.functional as F
 from dart_core.scorers import build_scorer
 from dart_dense import DartWarp, GridWarp
+from dart_dense.preprocessor import image_sizes
+from dart_dense.warper import build_warp
 from hypothesis import given, settings
 from test_dense_support import single_thread  # noqa: F401  (autouse fixture)
 
@@ -206,3 +208,18 @@ def test_bad_input_is_named():
         warp.warp_image(torch.zeros(2, 3, 10, 10))
     with pytest.raises(ValueError, match="image_sizes"):
         GridWarp.from_scores(torch.ones(2, 3, 3), torch.tensor([[10, 10]]), (2, 2), 4)
+
+
+@pytest.mark.parametrize("scorer", [None, dict(backbone="mobilenet_v3_small", version="v1", grid_size=(4, 4))])
+def test_the_warp_reads_no_value_back_from_the_images_device(scorer):
+    """Image sizes are host metadata: checked on the CPU and copied to the device once, so the
+    warp, its image check and unwarp's default size never read a GPU value back (a sync per
+    read). The meta device stands in for the GPU: any read of one of its values raises."""
+    warper = build_warp(grid=(4, 4), cell_size=8, scorer=scorer).to("meta")
+    sizes = image_sizes([dict(img_shape=(40, 48)), dict(img_shape=(32, 40))])
+    warped, warp = warper(torch.empty(2, 3, 40, 48, device="meta"), sizes)
+    assert warped.shape == (2, 3, 32, 32) and warp.image_sizes.device.type == "meta"
+    assert warp.unwarp_map(torch.empty(2, 5, 8, 8, device="meta")).shape == (2, 5, 40, 48)
+    assert warp.select(1).unwarp_map(torch.empty(1, 5, 8, 8, device="meta")).shape == (1, 5, 32, 40)
+    with pytest.raises(ValueError, match="smaller than the largest image size"):
+        warp.warp_image(torch.empty(2, 3, 36, 48, device="meta"))

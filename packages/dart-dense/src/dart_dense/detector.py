@@ -110,7 +110,7 @@ class DartDetector(BaseModel):
         """
         if data_samples is None:
             data_samples = [dict(img_shape=tuple(inputs.shape[-2:])) for _ in range(inputs.shape[0])]
-        warped, warp = self.warp(inputs, image_sizes(data_samples, inputs.device))
+        warped, warp = self.warp(inputs, image_sizes(data_samples))
         if mode == "tensor":
             return self.detector.backbone(warped)
         if mode == "loss":

@@ -54,6 +54,7 @@ class DenseDataPreprocessor(BaseDataPreprocessor):
         return dict(inputs=pad_stack(images, 0.0), data_samples=samples)
 
 
-def image_sizes(data_samples: Sequence[dict], device: torch.device) -> torch.Tensor:
-    """(B, 2) the (H, W) of each sample's image."""
-    return torch.tensor([list(s["img_shape"]) for s in data_samples], device=device)
+def image_sizes(data_samples: Sequence[dict]) -> torch.Tensor:
+    """(B, 2) the (H, W) of each sample's image, on the CPU (host metadata: checked there, and
+    copied to the device once by the warp)."""
+    return torch.tensor([list(s["img_shape"]) for s in data_samples])

@@ -81,7 +81,7 @@ class DartSegmentor(BaseModel):
 
     def logits(self, inputs: torch.Tensor, data_samples: list) -> torch.Tensor:
         """(B, 3, H', W') padded images → (B, K, H', W') logits in original image coordinates."""
-        warped, warp = self.warp(inputs, image_sizes(data_samples, inputs.device))
+        warped, warp = self.warp(inputs, image_sizes(data_samples))
         maps = self.head(self.backbone(warped))
         return warp.unwarp_map(maps, size=tuple(inputs.shape[-2:]))
 

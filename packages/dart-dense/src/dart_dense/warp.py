@@ -27,7 +27,7 @@ own ``(H, W)`` and is sampled only inside it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Literal
 
 import torch
@@ -100,7 +100,8 @@ def pixel_centres(count: int, batch: int, like: torch.Tensor) -> torch.Tensor:
 
 def check_image_sizes(image_sizes, batch: int | None = None) -> torch.Tensor:
     """Validate (B, 2) per-image (H, W) sizes (a tensor or a nested sequence such as
-    ``[[480, 640], [300, 400]]``) and return them as a float64 tensor."""
+    ``[[480, 640], [300, 400]]``) and return them as a float64 tensor on the same device. The
+    check reads the values: give CPU sizes (a GPU tensor costs a device read-back)."""
     try:
         image_sizes = torch.as_tensor(image_sizes)
     except (TypeError, ValueError, RuntimeError) as error:
@@ -115,6 +116,11 @@ def check_image_sizes(image_sizes, batch: int | None = None) -> torch.Tensor:
     return image_sizes.to(torch.float64)
 
 
+def host_copy(sizes: torch.Tensor) -> torch.Tensor | None:
+    """``sizes`` when they are on the CPU (free to keep), else None (reading them back would sync)."""
+    return sizes if sizes.device.type == "cpu" else None
+
+
 @dataclass(frozen=True)
 class GridWarp:
     """A separable, monotone warp of each image onto a regular (R·P) × (C·P) grid.
@@ -122,14 +128,22 @@ class GridWarp:
     Attributes:
         row_edges: (B, R + 1) row boundaries as fractions of each image's height (0 … 1).
         col_edges: (B, C + 1) column boundaries as fractions of each image's width.
-        image_sizes: (B, 2) float64 (H, W) of each original image.
+        image_sizes: (B, 2) float64 (H, W) of each original image, on the edges' device.
         cell_size: P, the side of each warped cell in pixels.
+        host_sizes: the same sizes on the CPU when the warp was built from CPU sizes (the
+            constructors keep them), so the checks and output sizes the host decides read no
+            value back from a GPU; None: :meth:`sizes_on_host` copies ``image_sizes`` back.
     """
 
     row_edges: torch.Tensor
     col_edges: torch.Tensor
     image_sizes: torch.Tensor
     cell_size: int
+    host_sizes: torch.Tensor | None = field(default=None, compare=False)
+
+    def sizes_on_host(self) -> torch.Tensor:
+        """(B, 2) float64 image sizes on the CPU (``host_sizes``, or a copy of ``image_sizes``)."""
+        return self.host_sizes if self.host_sizes is not None else self.image_sizes.cpu()
 
     @property
     def batch_size(self) -> int:
@@ -207,12 +221,13 @@ class GridWarp:
             (B, C, R·P, C·P) the warped images.
         """
         self._check_batch(images, "images")
-        sizes = self.image_sizes
-        if images.shape[-2] < sizes[:, 0].max() or images.shape[-1] < sizes[:, 1].max():
+        largest = self.sizes_on_host().max(0).values.tolist()
+        if images.shape[-2] < largest[0] or images.shape[-1] < largest[1]:
             raise ValueError(
                 f"images of shape {tuple(images.shape)} are smaller than the largest image size "
-                f"{sizes.max(0).values.tolist()} this warp was built for"
+                f"{largest} this warp was built for"
             )
+        sizes = self.image_sizes
         out_h, out_w = self.out_size
         centres_y = pixel_centres(out_h, self.batch_size, self.row_edges)
         centres_x = pixel_centres(out_w, self.batch_size, self.col_edges)
@@ -241,7 +256,7 @@ class GridWarp:
         """
         self._check_batch(maps, "maps")
         if size is None:
-            size = tuple(int(s) for s in self.image_sizes.max(0).values.tolist())
+            size = tuple(int(s) for s in self.sizes_on_host().max(0).values.tolist())
         out_h, out_w = self.out_size
         map_h, map_w = maps.shape[-2:]
         centres_y = pixel_centres(size[0], self.batch_size, self.row_edges)
@@ -256,7 +271,8 @@ class GridWarp:
     def select(self, index: int) -> GridWarp:
         """The warp of sample ``index`` alone (batch of one)."""
         pick = slice(index, index + 1)
-        return GridWarp(self.row_edges[pick], self.col_edges[pick], self.image_sizes[pick], self.cell_size)
+        host = None if self.host_sizes is None else self.host_sizes[pick]
+        return GridWarp(self.row_edges[pick], self.col_edges[pick], self.image_sizes[pick], self.cell_size, host)
 
     def _check_batch(self, tensor: torch.Tensor, name: str) -> None:
         if tensor.dim() != 4 or tensor.shape[0] != self.batch_size:
@@ -267,11 +283,12 @@ class GridWarp:
         cls, image_sizes: torch.Tensor, grid: tuple[int, int], cell_size: int, device=None
     ) -> GridWarp:
         """The fixed grid (a plain bilinear resize to (R·P, C·P)): the no-DART baseline."""
-        sizes = check_image_sizes(image_sizes).to(device)
+        checked = check_image_sizes(image_sizes)
+        sizes = checked.to(device)
         batch = sizes.shape[0]
         rows = torch.linspace(0.0, 1.0, grid[0] + 1, dtype=torch.float64, device=sizes.device)
         cols = torch.linspace(0.0, 1.0, grid[1] + 1, dtype=torch.float64, device=sizes.device)
-        return cls(rows.expand(batch, -1), cols.expand(batch, -1), sizes, cell_size)
+        return cls(rows.expand(batch, -1), cols.expand(batch, -1), sizes, cell_size, host_copy(checked))
 
     @classmethod
     def from_scores(
@@ -292,5 +309,6 @@ class GridWarp:
         if grid[0] < 1 or grid[1] < 1 or cell_size < 1:
             raise ValueError(f"grid and cell_size must be positive; got grid={grid}, cell_size={cell_size}")
         pdf = score_density(scores)
-        sizes = check_image_sizes(image_sizes, scores.shape[0]).to(scores.device)
-        return cls(marginal_edges(pdf, -1, grid[0]), marginal_edges(pdf, -2, grid[1]), sizes, cell_size)
+        checked = check_image_sizes(image_sizes, scores.shape[0])
+        return cls(marginal_edges(pdf, -1, grid[0]), marginal_edges(pdf, -2, grid[1]), checked.to(scores.device),
+                   cell_size, host_copy(checked))

@@ -43,11 +43,12 @@ class DartWarp(nn.Module):
         return self.grid[0] * self.cell_size, self.grid[1] * self.cell_size
 
     def build_warp(self, images: torch.Tensor, image_sizes: torch.Tensor) -> GridWarp:
-        """(B, C, H', W') padded images and their (B, 2) valid sizes → the batch's warp."""
-        sizes = check_image_sizes(image_sizes, images.shape[0]).to(images.device)
+        """(B, C, H', W') padded images and their (B, 2) valid sizes (best on the CPU: they are
+        checked and kept there, and copied to the images' device once) → the batch's warp."""
+        sizes = check_image_sizes(image_sizes, images.shape[0])
         if self.scorer is None:
-            return GridWarp.uniform(sizes, self.grid, self.cell_size)
-        resized = GridWarp.uniform(sizes, self.score_input_size, 1).warp_image(images)
+            return GridWarp.uniform(sizes, self.grid, self.cell_size, images.device)
+        resized = GridWarp.uniform(sizes, self.score_input_size, 1, images.device).warp_image(images)
         scores = self.scorer(resized)
         return GridWarp.from_scores(scores, sizes, self.grid, self.cell_size)
 
