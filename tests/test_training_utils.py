@@ -405,3 +405,20 @@ def test_read_json_returns_the_parsed_content(tmp_path):
     path = tmp_path / "split.json"
     path.write_text('[{"id": "7", "template": "Pushing [something]"}]', encoding="utf-8")
     assert read_json(path, "unused") == [{"id": "7", "template": "Pushing [something]"}]
+
+
+def test_resume_scaler_accepts_the_empty_state_of_a_run_without_float16():
+    from dart_core.training import resume_scaler
+
+    disabled = torch.amp.GradScaler("cpu", enabled=False)  # a bf16 / fp32 / CPU run
+    fp16 = torch.amp.GradScaler("cpu", init_scale=2.0**10)
+    with pytest.raises(RuntimeError, match="empty"):
+        fp16.load_state_dict(disabled.state_dict())  # what a plain load does
+    resume_scaler(fp16, disabled.state_dict())
+    assert fp16.get_scale() == 2.0**10  # a fresh fp16 run's scale
+    trained = torch.amp.GradScaler("cpu", init_scale=2.0**7, growth_interval=3)
+    trained.scale(torch.ones(())).item()  # the scale tensor exists once used
+    resume_scaler(fp16, trained.state_dict())
+    assert fp16.get_scale() == 2.0**7 and fp16.get_growth_interval() == 3
+    resume_scaler(disabled, trained.state_dict())
+    assert not disabled.is_enabled()

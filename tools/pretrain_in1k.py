@@ -64,6 +64,7 @@ from dart_core.training import (  # noqa: E402
     restore_rng_state,
     resume_optimizer,
     resume_path,
+    resume_scaler,
     save_checkpoint,
     seed_everything,
     seed_rank,
@@ -370,7 +371,7 @@ class Trainer:
         except ValueError as error:
             raise UsageError(f"{path}: the optimizer's parameter groups differ ({error}); resume with the --opt "
                              "and --weight-decay of that run") from error
-        self.scaler.load_state_dict(ckpt["scaler"])
+        resume_scaler(self.scaler, ckpt["scaler"])
         if self.ema is not None:
             self.ema.module.load_state_dict(ckpt["ema"] if ckpt["ema"] is not None else ckpt["model"])
         self.epoch, self.step_in_epoch = ckpt["epoch"], ckpt["step_in_epoch"]

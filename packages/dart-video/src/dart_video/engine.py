@@ -34,6 +34,7 @@ from dart_core.training import (
     restore_rng_state,
     resume_optimizer,
     resume_path,
+    resume_scaler,
     save_checkpoint,
     seed_rank,
     train_epoch,
@@ -242,7 +243,7 @@ class Trainer:
         except ValueError as error:
             raise TrainingError(f"{path}: the optimizer's parameter groups differ ({error}); resume with the "
                                 "--layer-decay and --weight-decay of that run") from error
-        self.scaler.load_state_dict(ckpt["scaler"])
+        resume_scaler(self.scaler, ckpt["scaler"])
         self.epoch, self.step_in_epoch, self.global_step = ckpt["epoch"], ckpt["step_in_epoch"], ckpt["global_step"]
         self.best_top1 = ckpt["best_top1"]
         if "epoch_loss" in ckpt:  # absent from checkpoints written before it was kept

@@ -16,7 +16,7 @@ from .flops import count_flops, count_params, unfused_attention
 from .jsonl import JsonlLogger, read_jsonl
 from .loop import RunningMean, train_epoch
 from .rng import capture_rng_state, restore_rng_state, seed_everything, seeded_rng
-from .step import optimizer_update, resume_optimizer
+from .step import optimizer_update, resume_optimizer, resume_scaler
 
 __all__ = [
     "SAFE_GLOBALS",
@@ -37,6 +37,7 @@ __all__ = [
     "read_jsonl",
     "restore_rng_state",
     "resume_optimizer",
+    "resume_scaler",
     "resume_path",
     "sample_seed",
     "save_checkpoint",

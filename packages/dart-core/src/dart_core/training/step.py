@@ -39,3 +39,15 @@ def resume_optimizer(optimizer: torch.optim.Optimizer, state: dict) -> None:
     optimizer.load_state_dict(state)
     for group, own in zip(optimizer.param_groups, settings, strict=True):
         group.update(own)
+
+
+def resume_scaler(scaler: torch.amp.GradScaler, state: dict) -> None:
+    """Load a checkpoint's grad-scaler state into this run's scaler.
+
+    A run without float16 (bfloat16, float32 or the CPU) saves a disabled scaler's empty state;
+    resumed with ``--amp-dtype float16`` the scaler then starts from its initial scale, as a
+    fresh float16 run would (``GradScaler.load_state_dict`` refuses an empty state). A disabled
+    scaler ignores whatever it is given.
+    """
+    if state or not scaler.is_enabled():
+        scaler.load_state_dict(state)
