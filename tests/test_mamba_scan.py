@@ -123,3 +123,46 @@ def test_kernel_dispatch(monkeypatch):
     assert not scan.uses_kernel(torch.device("cuda"))
     monkeypatch.setattr(scan, "_kernel_selective_scan", lambda *a: None)
     assert scan.uses_kernel(torch.device("cuda")) and not scan.uses_kernel(torch.device("cpu"))
+
+
+def mixed(args: dict, low: torch.dtype) -> dict:
+    """Autocast-style operands: activations in ``low``, A / D / delta_bias in float32."""
+    weights = ("A", "D", "delta_bias")
+    return {k: v.to(torch.float32 if k in weights else low) for k, v in args.items()}
+
+
+def test_kernel_accepts_the_dtypes_mamba_ssm_checks():
+    """mamba-ssm's selective_scan_fwd: u in fp32/fp16/bf16, delta/B/C (and z) in u's dtype, A in
+    float32, at most 256 states (D and delta_bias float32)."""
+    args = scan_inputs(1, 2, 3, 5)
+    for low in (torch.float32, torch.float16, torch.bfloat16):
+        assert scan.kernel_accepts(**mixed(args, low))
+    assert not scan.kernel_accepts(**args)  # float64
+    assert not scan.kernel_accepts(**{**mixed(args, torch.bfloat16), "A": args["A"].bfloat16()})  # a model cast whole
+    assert not scan.kernel_accepts(**{**mixed(args, torch.bfloat16), "B": args["B"].float()})
+    assert not scan.kernel_accepts(**{**mixed(args, torch.float16), "z": args["z"].bfloat16()})
+    assert not scan.kernel_accepts(**{**mixed(args, torch.float32), "D": args["D"].half()})
+    assert not scan.kernel_accepts(**mixed(scan_inputs(1, 2, 257, 5), torch.float32))
+
+
+def test_operands_the_kernel_refuses_run_the_pytorch_scan(monkeypatch):
+    """Where the kernel is available, operands it takes go to it; others run the PyTorch scan
+    (with a warning, except float64, a deliberate precision check)."""
+    calls = []
+    monkeypatch.setattr(scan, "uses_kernel", lambda device: True)
+    monkeypatch.setattr(scan, "_kernel_selective_scan", lambda *a: calls.append(a) or "kernel")
+    args = scan_inputs(1, 2, 3, 5)
+    assert selective_scan(**mixed(args, torch.bfloat16)) == "kernel" and len(calls) == 1
+    monkeypatch.setattr(scan, "uses_kernel", lambda device: False)
+    whole_bf16 = {k: v.bfloat16() for k, v in args.items()}
+    want, want64 = selective_scan(**whole_bf16), selective_scan(**args)
+    monkeypatch.setattr(scan, "uses_kernel", lambda device: True)
+    with pytest.warns(UserWarning, match="running the \\(slower\\) PyTorch scan"):
+        got = selective_scan(**whole_bf16)
+    torch.testing.assert_close(got, want, rtol=0, atol=0)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        torch.testing.assert_close(selective_scan(**args), want64, rtol=0, atol=0)
+    assert len(calls) == 1

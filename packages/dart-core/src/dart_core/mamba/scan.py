@@ -23,6 +23,8 @@ tensors, when ``mamba-ssm`` is importable, :func:`selective_scan` calls that ker
 
 from __future__ import annotations
 
+import warnings
+
 import torch
 import torch.nn.functional as F
 
@@ -32,9 +34,24 @@ except Exception:  # ImportError, or a broken CUDA extension
     _kernel_selective_scan = None
 
 
+KERNEL_INPUT_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+KERNEL_MAX_STATES = 256
+
+
 def uses_kernel(device: torch.device) -> bool:
-    """Whether :func:`selective_scan` runs mamba-ssm's kernel for tensors on ``device``."""
+    """Whether :func:`selective_scan` runs mamba-ssm's kernel for tensors on ``device`` (when
+    their dtypes are ones it takes, :func:`kernel_accepts`)."""
     return _kernel_selective_scan is not None and torch.device(device).type == "cuda"
+
+
+def kernel_accepts(u, delta, A, B, C, D=None, z=None, delta_bias=None) -> bool:
+    """Whether mamba-ssm's selective-scan kernel takes these operands (its ``selective_scan_fwd``
+    checks): ``u`` float32, float16 or bfloat16, with ``delta``, ``B``, ``C`` and ``z`` in the
+    same dtype; ``A``, ``D`` and ``delta_bias`` float32; at most 256 states. Float64 (a
+    gradcheck) or a model cast whole to bfloat16 (``A`` too) fail them."""
+    same = all(t.dtype == u.dtype for t in (delta, B, C, z) if t is not None)
+    weights = A.dtype == torch.float32 and all(t.dtype == torch.float32 for t in (D, delta_bias) if t is not None)
+    return u.dtype in KERNEL_INPUT_DTYPES and same and weights and A.shape[1] <= KERNEL_MAX_STATES
 
 
 def _doubling_scan(a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -95,7 +112,15 @@ def selective_scan(
         if tuple(tensor.shape) != (batch, states, length):
             raise ValueError(f"{name} must be (batch, N, L) = {(batch, states, length)}; got {tuple(tensor.shape)}")
     if uses_kernel(u.device):
-        return _kernel_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        if kernel_accepts(u, delta, A, B, C, D, z, delta_bias):
+            return _kernel_selective_scan(u, delta, A, B, C, D, z, delta_bias, delta_softplus)
+        if u.dtype != torch.float64:  # float64 on a GPU is a deliberate check, not a slow-down to report
+            warnings.warn(
+                "mamba-ssm's selective scan takes u/delta/B/C/z in one of float32/float16/bfloat16 and A, D, "
+                f"delta_bias in float32; got u {u.dtype}, A {A.dtype}: running the (slower) PyTorch scan. Keep the "
+                "Mamba parameters in float32 and use autocast for mixed precision.",
+                stacklevel=2,
+            )
 
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
