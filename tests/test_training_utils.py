@@ -422,3 +422,19 @@ def test_resume_scaler_accepts_the_empty_state_of_a_run_without_float16():
     assert fp16.get_scale() == 2.0**7 and fp16.get_growth_interval() == 3
     resume_scaler(disabled, trained.state_dict())
     assert not disabled.is_enabled()
+
+
+def test_resume_auto_needs_every_process_to_see_the_same_last_checkpoint(tmp_path, monkeypatch):
+    """Only rank 0 writes last.pth: processes that disagree about it (nodes without a shared
+    output dir) are refused instead of resuming on some ranks and starting afresh on others."""
+    from dart_core.training import checkpoint
+
+    assert checkpoint.resume_path("auto", str(tmp_path)) is None  # one process, nothing saved
+    (tmp_path / "last.pth").write_bytes(b"")
+    assert checkpoint.resume_path("auto", str(tmp_path)) == str(tmp_path / "last.pth")
+    assert checkpoint.resume_path("other.pth", str(tmp_path)) == "other.pth"
+    monkeypatch.setattr(checkpoint, "all_gather_objects", lambda seen: [seen, False, seen, False])  # 4 ranks
+    with pytest.raises(CheckpointError, match=r"exists for rank\(s\) \[0, 2\] but not for rank\(s\) \[1, 3\]"):
+        checkpoint.resume_path("auto", str(tmp_path))
+    monkeypatch.setattr(checkpoint, "all_gather_objects", lambda seen: [True, True])
+    assert checkpoint.resume_path("auto", str(tmp_path)) == str(tmp_path / "last.pth")

@@ -26,6 +26,8 @@ from typing import Any
 
 import torch
 
+from .distributed import all_gather_objects
+
 # The one allow-list of the project: published DeiT / DART checkpoints store their training
 # arguments as an argparse.Namespace (a plain attribute bag); nothing else needs code to load.
 SAFE_GLOBALS: tuple[Any, ...] = (argparse.Namespace,)
@@ -122,11 +124,28 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
 
 def resume_path(resume: str | None, output_dir: str) -> str | None:
     """The checkpoint a ``--resume`` value names: ``"auto"`` is ``output_dir/last.pth`` when it
-    exists (else a fresh start, None); anything else is taken as it is."""
-    if resume == "auto":
-        last = os.path.join(output_dir, "last.pth")
-        return last if os.path.isfile(last) else None
-    return resume
+    exists (else a fresh start, None); anything else is taken as it is.
+
+    In a distributed run every process looks, and they must agree: only rank 0 writes
+    ``last.pth``, so on nodes that do not share ``output_dir`` the others would start afresh
+    while rank 0 resumed, and the replicas would silently diverge.
+
+    Raises:
+        CheckpointError: ``"auto"`` found ``last.pth`` on some processes but not on others.
+    """
+    if resume != "auto":
+        return resume
+    last = os.path.join(output_dir, "last.pth")
+    found = all_gather_objects(os.path.isfile(last))
+    if all(found):
+        return last
+    if any(found):
+        seen, missing = ([rank for rank, present in enumerate(found) if present is want] for want in (True, False))
+        raise CheckpointError(
+            f"--resume auto: {last} exists for rank(s) {seen} but not for rank(s) {missing}: every node must see the same "
+            "--output-dir (a shared filesystem), or pass --resume PATH to a checkpoint all of them can read"
+        )
+    return None
 
 
 def _fsync_dir(directory: str) -> None:
