@@ -636,3 +636,23 @@ def test_triton_launches_on_the_tensors_gpu(monkeypatch):
     monkeypatch.setattr(torch.cuda, "device", switch)
     patch_triton._launch(Kernel(), torch.device("cuda", 1), (4, 3), (1, 2), {"LINES": 16})
     assert launched == [("cuda:1", (4, 3), (1, 2), {"LINES": 16})] and current == ["cuda:0"]
+
+
+def test_deterministic_mode_keeps_the_triton_atomics_out():
+    """Under torch.use_deterministic_algorithms(True), "auto" takes the PyTorch path on CUDA (its
+    index_add_ is deterministic there) and an explicit "triton" is refused like PyTorch's own
+    nondeterministic ops (a warning with warn_only=True)."""
+    cuda = torch.device("cuda")
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        assert resolve_backend(cuda, "auto") == "triton"
+        torch.use_deterministic_algorithms(True)
+        assert resolve_backend(cuda, "auto") == "torch"
+        assert resolve_backend(torch.device("cpu"), "auto") == resolve_backend(torch.device("cpu"), "native")
+        with pytest.raises(RuntimeError, match="atomics, which is not deterministic"):
+            resolve_backend(cuda, "triton")
+        torch.use_deterministic_algorithms(True, warn_only=True)
+        with pytest.warns(UserWarning, match="atomics, which is not deterministic"):
+            assert resolve_backend(cuda, "triton") == "triton"
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)

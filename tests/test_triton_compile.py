@@ -56,6 +56,13 @@ def test_every_launched_variant_compiles_for_sm80_and_sm90_without_spills(compil
         assert row["LOCAL"] == 0, f"{row['kernel']} spills {row['LOCAL']} bytes on sm_{row['arch']}"
         assert 0 < row["REG"] <= 255
         assert row["constexprs"]["BLOCK"] == 16  # the next power of two of both patch sizes
+        # the forward writes each value once; the backward accumulates shared lines with relaxed
+        # float atomics in the weights' dtype (never Triton's fenced acq_rel default)
+        if row["kernel"] == "_patch_forward_kernel":
+            assert row["atomics"] == []
+        else:
+            width = "f64" if row["signature"]["image_ptr"] == "*fp64" else "f32"
+            assert row["atomics"] == [f"atom.global.gpu.relaxed.add.{width}"]
 
 
 def test_recorded_signatures_follow_the_wrappers_dtypes(compiled):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import warnings
 from typing import Literal
 
 import torch
@@ -45,11 +46,17 @@ def resolve_backend(device: torch.device, backend: Backend) -> str:
     ``"auto"`` picks Triton for CUDA tensors, the compiled C kernels for CPU tensors (the PyTorch
     path, with one warning, when they cannot be built) and the PyTorch path elsewhere. An explicit
     request that cannot run raises with the reason.
+
+    The Triton backward accumulates the line gradients (and the image gradient) with atomics, in
+    no fixed order. Under ``torch.use_deterministic_algorithms(True)`` ``"auto"`` therefore takes
+    the PyTorch path on CUDA (its ``index_add_`` is deterministic in that mode), and an explicit
+    ``"triton"`` raises like PyTorch's own nondeterministic ops (warns with ``warn_only=True``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
+    deterministic = torch.are_deterministic_algorithms_enabled()
     if backend == "auto":
-        if device.type == "cuda" and triton_available():
+        if device.type == "cuda" and triton_available() and not deterministic:
             return "triton"
         return "native" if device.type == "cpu" and native.available(warn=True) else "torch"
     if backend == "native":
@@ -65,6 +72,12 @@ def resolve_backend(device: torch.device, backend: Backend) -> str:
                 f"backend='triton' needs CUDA tensors (got {device.type}); set TRITON_INTERPRET=1 before "
                 "importing the kernels to run them on the CPU interpreter, or use backend='torch'"
             )
+        if deterministic:
+            message = ("backend='triton' accumulates gradients with atomics, which is not deterministic; under "
+                       "torch.use_deterministic_algorithms(True) use backend='auto' or 'torch'")
+            if not torch.is_deterministic_algorithms_warn_only_enabled():
+                raise RuntimeError(message)
+            warnings.warn(message, stacklevel=3)
     return backend
 
 

@@ -118,17 +118,19 @@ def _patch_backward_kernel(
             grad_image = grad_image_ptr + plane
             share_left = grad * weight_left
             share_right = grad * weight_right
-            tl.atomic_add(grad_image + up_left, share_left * (1 - frac_left), mask=valid_left)
-            tl.atomic_add(grad_image + low_left, share_left * frac_left, mask=valid_left)
-            tl.atomic_add(grad_image + up_right, share_right * (1 - frac_right), mask=valid_right)
-            tl.atomic_add(grad_image + low_right, share_right * frac_right, mask=valid_right)
+            tl.atomic_add(grad_image + up_left, share_left * (1 - frac_left), mask=valid_left, sem="relaxed")
+            tl.atomic_add(grad_image + low_left, share_left * frac_left, mask=valid_left, sem="relaxed")
+            tl.atomic_add(grad_image + up_right, share_right * (1 - frac_right), mask=valid_right, sem="relaxed")
+            tl.atomic_add(grad_image + low_right, share_right * frac_right, mask=valid_right, sem="relaxed")
 
     # d value / d sample_frac = right tap - left tap; a token owns its samples: a plain store.
     tl.store(grad_sample_ptr + samples, tl.sum(acc_sample, axis=0)[None, :], mask=t < LINES)
-    # d value / d line_frac = tap weight x (lower - upper); tokens share lines: atomics.
+    # d value / d line_frac = tap weight x (lower - upper); tokens share lines: atomics. All the
+    # atomics here are plain accumulations that order nothing else: relaxed, not Triton's default
+    # acq_rel (which adds memory fences to every one).
     grad_line = grad_line_ptr + line_base
-    tl.atomic_add(grad_line + line_left, acc_left * weight_left, mask=valid_left)
-    tl.atomic_add(grad_line + line_right, acc_right * weight_right, mask=valid_right)
+    tl.atomic_add(grad_line + line_left, acc_left * weight_left, mask=valid_left, sem="relaxed")
+    tl.atomic_add(grad_line + line_right, acc_right * weight_right, mask=valid_right, sem="relaxed")
 
 
 def _block(patch_size: int) -> int:
