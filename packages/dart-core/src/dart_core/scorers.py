@@ -67,7 +67,6 @@ def mark_random_init(backbone: nn.Module) -> None:
     backbone.register_load_state_dict_pre_hook(_forget_random_init)
 
 
-@torch.compiler.disable  # a Python-side check and warning: never part of a compiled graph
 def warn_if_random_frozen_backbone(backbone: nn.Module) -> None:
     """Warn (``UserWarning``, once per process) when a frozen scorer backbone is still the random
     initialisation :func:`build_scorer` gave it (no weights file, no state dict loaded since).
@@ -248,12 +247,16 @@ class Scorer(nn.Module):
         after writing weights through ``.data`` call :meth:`refold` (see :class:`~dart_core.fold.FoldedCopy`).
 
         A frozen backbone still randomly initialised warns once (:func:`warn_if_random_frozen_backbone`).
+
+        Under ``torch.compile`` the backbone itself is traced instead (no fold bookkeeping, no
+        warning): a DART model compiles to a single graph (``fullgraph=True`` works).
         """
         if not self.freeze_backbone:
             return _last_feature(self.backbone(images))
-        warn_if_random_frozen_backbone(self.backbone)
-        # Hooks on the backbone (feature extraction, Grad-CAM) must see its own modules: no fold then.
-        backbone = self.backbone if has_any_hooks(self.backbone) else self._folded_backbone.get(self.backbone)
+        # torch.compile traces the backbone itself (its eval BatchNorms fuse into the graph): no
+        # eager bookkeeping, so the model compiles to one graph (the random-backbone warning
+        # comes from eager calls only).
+        backbone = self.backbone if torch.compiler.is_compiling() else self._frozen_backbone()
         chunk = self.frozen_cpu_chunk if images.device.type == "cpu" else images.shape[0]
         with torch.no_grad():
             parts = [
@@ -261,6 +264,13 @@ class Scorer(nn.Module):
                 for part in images.split(max(chunk, 1))
             ]
         return parts[0] if len(parts) == 1 else torch.cat(parts)
+
+    def _frozen_backbone(self) -> nn.Module:
+        """The module an eager frozen forward runs: the folded copy of the backbone, or the
+        backbone itself when it has hooks (feature extraction, Grad-CAM must see its own
+        modules). Warns once when the backbone is still random (:func:`warn_if_random_frozen_backbone`)."""
+        warn_if_random_frozen_backbone(self.backbone)
+        return self.backbone if has_any_hooks(self.backbone) else self._folded_backbone.get(self.backbone)
 
     def refold(self) -> None:
         """Drop the folded copy of the frozen backbone: the next forward pass folds its current

@@ -126,7 +126,9 @@ def selective_scan(
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
 
     dtype = torch.promote_types(u.dtype, torch.float32)
-    u_work, delta, A, B, C = (t.to(dtype) for t in (u, delta, A, B, C))
+    # contiguous: a transposed delta (the blocks pass dt_proj(x).transpose) would give softplus_backward
+    # a layout torch.compile's traced backward does not expect (a failing view in it)
+    u_work, delta, A, B, C = (t.to(dtype).contiguous() for t in (u, delta, A, B, C))
     if delta_bias is not None:
         delta = delta + delta_bias.to(dtype)[:, None]
     if delta_softplus:
