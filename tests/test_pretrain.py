@@ -342,7 +342,7 @@ def test_checkpoint_that_does_not_fit_the_model_is_a_one_line_error(data_dir, tr
     with pytest.raises(SystemExit) as exit_info:
         pretrain_in1k.cli()
     err = capsys.readouterr().err.strip()
-    assert exit_info.value.code == 2 and len(err.splitlines()) == 1
+    assert exit_info.value.code == 1 and len(err.splitlines()) == 1
     assert re.match(r"pretrain_in1k: error: checkpoint .*plain.pth does not fit the model; unexpected keys "
                     r"\(\d+\): blocks\.1\..*; check that --model, --model-kwargs", err)
 

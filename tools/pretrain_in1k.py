@@ -573,11 +573,10 @@ def checkpoint_problem(error: CheckpointError | CheckpointMismatchError) -> str:
 def cli() -> None:
     try:
         main()
-    except UsageError as e:
-        sys.exit(f"pretrain_in1k: error: {e}")
-    except (CheckpointError, CheckpointMismatchError) as e:
-        print(f"pretrain_in1k: error: {checkpoint_problem(e)}", file=sys.stderr)
-        sys.exit(2)
+    except (UsageError, CheckpointError, CheckpointMismatchError) as e:
+        problem = str(e) if isinstance(e, UsageError) else checkpoint_problem(e)
+        print(f"pretrain_in1k: error: {problem}", file=sys.stderr)
+        sys.exit(1)  # as every error after parsing (dart-core, dart-video); 2 is argparse's bad command line
 
 
 if __name__ == "__main__":
