@@ -8,29 +8,18 @@ keeps the comparison free of rounding (standardised scores amplify float32 noise
 
 from __future__ import annotations
 
-import dart_core.mamba  # noqa: F401  (registers the Vim models)
-import dart_video  # noqa: F401  (registers the VideoMamba models)
 import pytest
-import timm
 import torch
-
-MODELS = {
-    "deit_tiny_dart_patch16_448": (dict(img_size=64, depth=1, num_tokens=16), (2, 3, 64, 64)),
-    "vim_tiny_dart_patch16_224": (dict(img_size=64, depth=2, embed_dim=32, d_state=4, num_tokens=12), (2, 3, 64, 64)),
-    "videomamba_tiny_dart_patch16_224": (dict(img_size=64, depth=2, embed_dim=32, num_frames=3), (2, 3, 3, 64, 64)),
-}
+from tiny_dart_models import TINY_DART_MODELS, tiny_dart_model
 
 
 def gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {name: p.grad.clone() for name, p in model.named_parameters() if p.grad is not None}
 
 
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(TINY_DART_MODELS))
 def test_a_dart_model_compiles_to_one_graph_with_eager_values_and_gradients(name):
-    kwargs, shape = MODELS[name]
-    torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=5, **kwargs).train().double()
-    inputs = torch.rand(shape, dtype=torch.float64)
+    model, inputs = tiny_dart_model(name, torch.float64)
     eager = model(inputs)
     eager.sum().backward()
     want = gradients(model)

@@ -11,11 +11,9 @@ from __future__ import annotations
 import collections
 import traceback
 
-import dart_core.mamba  # noqa: F401  (registers the Vim models)
-import dart_video  # noqa: F401  (registers the VideoMamba models)
 import pytest
-import timm
 import torch
+from tiny_dart_models import TINY_DART_MODELS, tiny_dart_model
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
@@ -48,19 +46,9 @@ class HostSyncs(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-MODELS = {
-    "deit_tiny_dart_patch16_448": (dict(img_size=64, depth=1, num_tokens=16), (2, 3, 64, 64)),
-    "vim_tiny_dart_patch16_224": (dict(img_size=64, depth=2, embed_dim=32, d_state=4, num_tokens=12), (2, 3, 64, 64)),
-    "videomamba_tiny_dart_patch16_224": (dict(img_size=64, depth=2, embed_dim=32, num_frames=3), (2, 3, 3, 64, 64)),
-}
-
-
-@pytest.mark.parametrize("name", sorted(MODELS))
+@pytest.mark.parametrize("name", sorted(TINY_DART_MODELS))
 def test_a_training_step_has_no_host_sync(name):
-    kwargs, shape = MODELS[name]
-    torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=5, **kwargs).train()
-    inputs = torch.rand(shape)
+    model, inputs = tiny_dart_model(name)
     labels = torch.tensor([1, 3])
     model(inputs)  # first call: the frozen scorer folds its BatchNorms once (a one-off, not per step)
     with HostSyncs() as watch:
