@@ -638,21 +638,43 @@ def test_triton_launches_on_the_tensors_gpu(monkeypatch):
     assert launched == [("cuda:1", (4, 3), (1, 2), {"LINES": 16})] and current == ["cuda:0"]
 
 
-def test_deterministic_mode_keeps_the_triton_atomics_out():
-    """Under torch.use_deterministic_algorithms(True), "auto" takes the PyTorch path on CUDA (its
-    index_add_ is deterministic there) and an explicit "triton" is refused like PyTorch's own
-    nondeterministic ops (a warning with warn_only=True)."""
-    cuda = torch.device("cuda")
+def test_deterministic_mode_runs_the_backward_of_a_triton_forward_on_the_pytorch_path(monkeypatch):
+    """Under torch.use_deterministic_algorithms(True) the Triton forward (deterministic) stays and
+    the backward of an "auto" Triton forward runs the PyTorch path (its index_add_ is
+    deterministic on CUDA in that mode); an explicit "triton" backward is refused (a warning with
+    warn_only=True). "auto" picks Triton on CUDA only, so it is made to pick it here."""
+    from dart_core.kernels import patch_function
+
+    monkeypatch.setattr(patch_function, "resolve_backend", lambda device, backend: "triton")
+    used = []
+    backward = patch_function.patch_sample_backward_op
+
+    def recorded(*args):
+        used.append(args[6])
+        return backward(*args)
+
+    monkeypatch.setattr(patch_function, "patch_sample_backward_op", recorded)
+    g = torch.Generator().manual_seed(5)
+    images = torch.randn(2, 2, 8, 8, generator=g, dtype=torch.float64)
+    line_y = (torch.rand(2, 2, 3, generator=g, dtype=torch.float64) * 7).requires_grad_()
+    sample_x = (torch.rand(2, 4, 3, generator=g, dtype=torch.float64) * 15).requires_grad_()
+
+    def gradients(backend):
+        patches = sample_strip_patches(images, line_y, sample_x, backend)
+        return torch.autograd.grad(patches.square().sum(), (line_y, sample_x))
+
     was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
     try:
-        assert resolve_backend(cuda, "auto") == "triton"
+        free = gradients("auto")
         torch.use_deterministic_algorithms(True)
-        assert resolve_backend(cuda, "auto") == "torch"
-        assert resolve_backend(torch.device("cpu"), "auto") == resolve_backend(torch.device("cpu"), "native")
+        deterministic = gradients("auto")
         with pytest.raises(RuntimeError, match="atomics, which is not deterministic"):
-            resolve_backend(cuda, "triton")
+            gradients("triton")
         torch.use_deterministic_algorithms(True, warn_only=True)
         with pytest.warns(UserWarning, match="atomics, which is not deterministic"):
-            assert resolve_backend(cuda, "triton") == "triton"
+            gradients("triton")
     finally:
         torch.use_deterministic_algorithms(was, warn_only=warn_only)
+    assert used == ["triton", "torch", "triton"]
+    for got, want in zip(deterministic, free, strict=True):
+        torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)

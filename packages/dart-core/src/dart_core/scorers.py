@@ -32,11 +32,11 @@ from typing import Literal
 import timm
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 import torchvision
 from timm.layers import Mlp
 
 from .fold import FoldedCopy, has_any_hooks
+from .resize import bilinear_resize
 
 ScoreVersion = Literal["v1", "v2"]
 
@@ -281,8 +281,8 @@ class Scorer(nn.Module):
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) images → (B, h, w) positive scores."""
         raw = self.head.raw_scores(self.features(images))
-        raw = F.interpolate(raw.unsqueeze(1), size=self.grid_size, mode="bilinear", align_corners=False)
-        return self.activate(raw.squeeze(1))
+        raw = bilinear_resize(raw, self.grid_size)  # deterministic backward, unlike F.interpolate on CUDA
+        return self.activate(raw)
 
     def activate(self, raw: torch.Tensor) -> torch.Tensor:
         """(B, h, w) raw scores → positive scores: standardised (per sample or over the batch),

@@ -22,7 +22,7 @@ import math
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
+from dart_core.resize import bilinear_resize
 from dart_core.scorers import ScoreHeadV2, Scorer, build_scorer, feature_channels
 from timm.layers import Mlp
 
@@ -103,8 +103,8 @@ class TemporalDifferenceScorer(Scorer):
         features = self.features(flat)
         features = features.view(batch, frames, *features.shape[1:])
         raw = self.head.raw_scores(features)  # (B, T, h', w')
-        raw = F.interpolate(raw.flatten(0, 1).unsqueeze(1), size=self.grid_size, mode="bilinear", align_corners=False)
-        raw = raw.view(batch, frames * self.grid_size[0], self.grid_size[1])
+        raw = bilinear_resize(raw, self.grid_size)  # deterministic backward, unlike F.interpolate on CUDA
+        raw = raw.reshape(batch, frames * self.grid_size[0], self.grid_size[1])
         return self.activate(raw)
 
 

@@ -46,17 +46,11 @@ def resolve_backend(device: torch.device, backend: Backend) -> str:
     ``"auto"`` picks Triton for CUDA tensors, the compiled C kernels for CPU tensors (the PyTorch
     path, with one warning, when they cannot be built) and the PyTorch path elsewhere. An explicit
     request that cannot run raises with the reason.
-
-    The Triton backward accumulates the line gradients (and the image gradient) with atomics, in
-    no fixed order. Under ``torch.use_deterministic_algorithms(True)`` ``"auto"`` therefore takes
-    the PyTorch path on CUDA (its ``index_add_`` is deterministic in that mode), and an explicit
-    ``"triton"`` raises like PyTorch's own nondeterministic ops (warns with ``warn_only=True``).
     """
     if backend not in BACKENDS:
         raise ValueError(f"backend must be one of {', '.join(map(repr, BACKENDS))}, got {backend!r}")
-    deterministic = torch.are_deterministic_algorithms_enabled()
     if backend == "auto":
-        if device.type == "cuda" and triton_available() and not deterministic:
+        if device.type == "cuda" and triton_available():
             return "triton"
         return "native" if device.type == "cpu" and native.available(warn=True) else "torch"
     if backend == "native":
@@ -72,12 +66,6 @@ def resolve_backend(device: torch.device, backend: Backend) -> str:
                 f"backend='triton' needs CUDA tensors (got {device.type}); set TRITON_INTERPRET=1 before "
                 "importing the kernels to run them on the CPU interpreter, or use backend='torch'"
             )
-        if deterministic:
-            message = ("backend='triton' accumulates gradients with atomics, which is not deterministic; under "
-                       "torch.use_deterministic_algorithms(True) use backend='auto' or 'torch'")
-            if not torch.is_deterministic_algorithms_warn_only_enabled():
-                raise RuntimeError(message)
-            warnings.warn(message, stacklevel=3)
     return backend
 
 
@@ -123,15 +111,40 @@ def _(grad_patches, images, line_top, line_frac, sample_left, sample_frac, backe
     return grad_images, torch.empty_like(line_frac), torch.empty_like(sample_frac)
 
 
+def backward_backend(backend: str, requested: str) -> str:
+    """The backend of the backward pass of a forward that ran on ``backend``.
+
+    The Triton backward accumulates the line (and image) gradients with atomics, in no fixed
+    order; its forward is deterministic. Under ``torch.use_deterministic_algorithms(True)`` the
+    backward of a Triton forward that ``"auto"`` chose runs the PyTorch path instead (same
+    contract; its ``index_add_`` is deterministic on CUDA in that mode); an explicit
+    ``"triton"`` raises there like PyTorch's own nondeterministic backward passes (a warning
+    with ``warn_only=True``).
+    """
+    if backend != "triton" or not torch.are_deterministic_algorithms_enabled():
+        return backend
+    if requested == "auto":
+        return "torch"
+    message = ("the Triton backward of backend='triton' accumulates gradients with atomics, which is not "
+               "deterministic; under torch.use_deterministic_algorithms(True) use backend='auto', whose backward "
+               "then runs the deterministic PyTorch path")
+    if not torch.is_deterministic_algorithms_warn_only_enabled():
+        raise RuntimeError(message)
+    warnings.warn(message, stacklevel=2)
+    return backend
+
+
 class PatchSample(torch.autograd.Function):
     """(images, line taps, line fractions, sample taps, sample fractions) → (B, N, C, P, P).
 
     Differentiable in ``images``, ``line_frac`` and ``sample_frac``; the integer taps are not.
+    ``backend`` runs the forward; ``requested`` (what the caller asked for) decides the backward
+    in deterministic mode (:func:`backward_backend`).
     """
 
     @staticmethod
-    def forward(ctx, images, line_top, line_frac, sample_left, sample_frac, backend):
-        ctx.backend = backend
+    def forward(ctx, images, line_top, line_frac, sample_left, sample_frac, backend, requested):
+        ctx.backend, ctx.requested = backend, requested
         ctx.save_for_backward(images, line_top, line_frac, sample_left, sample_frac)
         return patch_sample_op(images, line_top, line_frac, sample_left, sample_frac, backend)
 
@@ -140,10 +153,11 @@ class PatchSample(torch.autograd.Function):
     def backward(ctx, grad_patches):
         images, line_top, line_frac, sample_left, sample_frac = ctx.saved_tensors
         need_images = ctx.needs_input_grad[0]
+        backend = backward_backend(ctx.backend, ctx.requested)
         grad_images, grad_line, grad_sample = patch_sample_backward_op(
-            grad_patches.contiguous(), images, line_top, line_frac, sample_left, sample_frac, ctx.backend, need_images
+            grad_patches.contiguous(), images, line_top, line_frac, sample_left, sample_frac, backend, need_images
         )
-        return (grad_images if need_images else None), None, grad_line, None, grad_sample, None
+        return (grad_images if need_images else None), None, grad_line, None, grad_sample, None, None
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -185,7 +199,7 @@ def sample_strip_patches(
             f"nothing to sample: images {tuple(images.shape)} and line_y {tuple(line_y.shape)} need at least one "
             "pixel per side, one row and one line per row"
         )
-    backend = resolve_backend(images.device, backend)
+    requested, backend = backend, resolve_backend(images.device, backend)
     height, length = images.shape[2], line_y.shape[1] * images.shape[3]
     dtype = compute_dtype(images.dtype)
     # The integer taps are clamped into ranges every backend indexes safely (lines to the image,
@@ -199,5 +213,5 @@ def sample_strip_patches(
     sample_frac = (x - sample_left.to(x.dtype)).to(dtype)
     return PatchSample.apply(
         images.contiguous(), line_top.contiguous(), line_frac.contiguous(), sample_left.contiguous(),
-        sample_frac.contiguous(), backend,
+        sample_frac.contiguous(), backend, requested,
     )

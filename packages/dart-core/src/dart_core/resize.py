@@ -1,0 +1,38 @@
+"""Bilinear resizing of small score maps as two matrix products (deterministic on every device).
+
+``F.interpolate(mode="bilinear")`` has no deterministic CUDA backward: under
+``torch.use_deterministic_algorithms(True)`` a training step that resizes the scorer's raw map
+raises. The same resize is ``R_y @ map @ R_xᵀ`` with fixed interpolation matrices, whose
+backward is two more matrix products: deterministic, and cheap for score grids (≤ ~32 cells a
+side).
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+def bilinear_matrix(out_size: int, in_size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """(out_size, in_size) weights of 1-D linear interpolation, ``align_corners=False``.
+
+    Output cell ``i`` samples the input at ``(i + ½) · in / out − ½``, clamped to [0, in − 1]
+    (``F.interpolate`` clamps below and repeats the last cell above), with the hat weights
+    ``max(0, 1 − |position − j|)`` of input cells ``j``; each row sums to 1. Built on ``device``
+    (no host-to-device copy).
+    """
+    work = torch.promote_types(dtype, torch.float32)
+    scale = in_size / out_size
+    position = ((torch.arange(out_size, device=device, dtype=work) + 0.5) * scale - 0.5).clamp(0.0, in_size - 1)
+    cells = torch.arange(in_size, device=device, dtype=work)
+    return (1.0 - (position[:, None] - cells).abs()).clamp(min=0.0).to(dtype)
+
+
+def bilinear_resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """Resize (..., h, w) maps to (..., H, W) = ``size``: ``F.interpolate(mode="bilinear",
+    align_corners=False)``'s values, as matrix products (the maps unchanged when the size is)."""
+    height, width = maps.shape[-2:]
+    if (height, width) == tuple(size):
+        return maps
+    rows = bilinear_matrix(size[0], height, maps.dtype, maps.device)
+    cols = bilinear_matrix(size[1], width, maps.dtype, maps.device)
+    return rows @ maps @ cols.T
