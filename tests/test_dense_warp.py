@@ -11,6 +11,7 @@ from dart_core.scorers import build_scorer
 from dart_dense import DartWarp, GridWarp
 from dart_dense.preprocessor import image_sizes
 from dart_dense.warper import build_warp
+from host_syncs import HostSyncs
 from hypothesis import given, settings
 from test_dense_support import single_thread  # noqa: F401  (autouse fixture)
 
@@ -185,8 +186,11 @@ def test_gradcheck_image_and_scores():
 
 
 def test_dart_warp_module_trains_the_scorer_and_baseline_has_no_scorer():
+    torch.manual_seed(0)
     scorer = build_scorer("mobilenetv3_small_050", grid_size=(4, 4))
-    module = DartWarp((3, 3), 8, scorer=scorer, score_input_size=(32, 32))
+    # 128: a 4 × 4 feature map (at 32 it is 1 × 1, a constant score map whose standardised
+    # gradient is exactly zero: only rounding noise reached the head then)
+    module = DartWarp((3, 3), 8, scorer=scorer, score_input_size=(128, 128))
     images = torch.rand(2, 3, 30, 40)
     warped, warp = module(images, torch.tensor([[30, 40], [20, 33]]))
     assert warped.shape == (2, 3, 24, 24) and warp.grid == (3, 3)
@@ -217,9 +221,26 @@ def test_the_warp_reads_no_value_back_from_the_images_device(scorer):
     read). The meta device stands in for the GPU: any read of one of its values raises."""
     warper = build_warp(grid=(4, 4), cell_size=8, scorer=scorer).to("meta")
     sizes = image_sizes([dict(img_shape=(40, 48)), dict(img_shape=(32, 40))])
-    warped, warp = warper(torch.empty(2, 3, 40, 48, device="meta"), sizes)
+    images = torch.empty(2, 3, 40, 48, device="meta")
+    warper(images, sizes)  # a scorer folds once
+    with HostSyncs("meta") as watch:
+        warped, warp = warper(images, sizes)
+    assert sum(watch.found.values()) == 1, dict(watch.found)  # the sizes, copied to the device once
+    assert [key.split(" at ")[0] for key in watch.found] == ["a copy from host memory to the device"]
     assert warped.shape == (2, 3, 32, 32) and warp.image_sizes.device.type == "meta"
     assert warp.unwarp_map(torch.empty(2, 5, 8, 8, device="meta")).shape == (2, 5, 40, 48)
     assert warp.select(1).unwarp_map(torch.empty(1, 5, 8, 8, device="meta")).shape == (1, 5, 32, 40)
     with pytest.raises(ValueError, match="smaller than the largest image size"):
         warp.warp_image(torch.empty(2, 3, 36, 48, device="meta"))
+
+
+def test_a_warp_checks_its_host_copy_of_the_sizes_and_selects_from_the_end():
+    warp = GridWarp.uniform(torch.tensor([[40, 48], [32, 40]]), (4, 4), 8)
+    assert warp.host_sizes is not None and torch.equal(warp.host_sizes, warp.image_sizes)
+    with pytest.raises(ValueError, match="host_sizes must be the CPU copy of image_sizes"):
+        GridWarp(warp.row_edges, warp.col_edges, warp.image_sizes, 8, warp.host_sizes[:1])
+    last = warp.select(-1)
+    assert last.batch_size == 1 and last.host_sizes.tolist() == [[32.0, 40.0]]
+    assert last.unwarp_map(torch.zeros(1, 2, 4, 4)).shape == (1, 2, 32, 40)
+    with pytest.raises(IndexError, match="sample 2 is out of range"):
+        warp.select(2)

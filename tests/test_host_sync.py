@@ -8,42 +8,10 @@ ops a CPU step dispatches for the ones that would synchronise on CUDA.
 
 from __future__ import annotations
 
-import collections
-import traceback
-
 import pytest
 import torch
+from host_syncs import HostSyncs
 from tiny_dart_models import TINY_DART_MODELS, tiny_dart_model
-from torch.utils._python_dispatch import TorchDispatchMode
-from torch.utils._pytree import tree_flatten
-
-SYNCING = {
-    torch.ops.aten._local_scalar_dense.default: "a value read on the host (.item(), bool(), int())",
-    torch.ops.aten.nonzero.default: "nonzero",
-    torch.ops.aten.masked_select.default: "masked_select",
-    torch.ops.aten.is_nonzero.default: "bool() of a tensor",
-    torch.ops.aten.lift_fresh.default: "a tensor built from a Python list or literal (a blocking copy on CUDA)",
-}
-INDEXING = (torch.ops.aten.index.Tensor, torch.ops.aten.index_put.default, torch.ops.aten._index_put_impl.default)
-
-
-class HostSyncs(TorchDispatchMode):
-    """Counts the ops that would synchronise on CUDA, by reason and by the DART source line."""
-
-    def __init__(self):
-        super().__init__()
-        self.found = collections.Counter()
-
-    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        reason = SYNCING.get(func)
-        if func in INDEXING and any(isinstance(index, torch.Tensor) and index.dtype == torch.bool
-                                    for index in tree_flatten(args[1])[0]):
-            reason = "a boolean-mask index (nonzero inside)"
-        if reason:
-            frames = [frame for frame in traceback.extract_stack() if "/dart_" in frame.filename]
-            where = f"{frames[-1].filename.rsplit('/src/', 1)[-1]}:{frames[-1].lineno}" if frames else "outside DART"
-            self.found[f"{reason} at {where}"] += 1
-        return func(*args, **(kwargs or {}))
 
 
 @pytest.mark.parametrize("name", sorted(TINY_DART_MODELS))
@@ -79,11 +47,34 @@ def test_split_prefix_pos_embed_refuses_bad_positions(prefix_index):
 
 @pytest.mark.parametrize("name", sorted(TINY_DART_MODELS))
 def test_a_training_step_runs_on_the_meta_device(name):
-    """The meta device has shapes but no values: ``.item()``, ``bool()``, a boolean mask or
-    ``nonzero`` raise there, so a step that completes reads nothing back (the check above also
-    catches index lists, which meta accepts; this one catches reads the op list may miss)."""
+    """The meta device has shapes but no values: ``.item()``, ``.tolist()``, ``bool()``, a boolean
+    mask or ``nonzero`` raise there, so a step that completes reads nothing back (including reads
+    the watcher's op list cannot see); the watcher adds index lists and host-to-device copies,
+    which the meta device accepts."""
     model, inputs = tiny_dart_model(name)
     model, inputs = model.to("meta"), inputs.to("meta")
-    logits = model(inputs)
-    torch.nn.functional.cross_entropy(logits, torch.zeros(2, dtype=torch.long, device="meta")).backward()
+    labels = torch.zeros(2, dtype=torch.long, device="meta")
+    model(inputs)  # the frozen scorer folds once
+    with HostSyncs("meta") as watch:  # and no host-to-device copy either
+        logits = model(inputs)
+        torch.nn.functional.cross_entropy(logits, labels).backward()
+    assert not watch.found, dict(watch.found)
     assert logits.shape == (2, 5) and model.patch_embed.proj.weight.grad.device.type == "meta"
+
+
+def test_the_watcher_sees_each_kind_of_sync():
+    """Each thing the watcher looks for, once (so the tests above can fail)."""
+    values = torch.randn(4)
+    with HostSyncs() as watch:
+        values.sum().item()
+        values[values > 0]
+        torch.tensor([1, 2])
+        values.to("meta")
+        torch.empty(4, device="meta").copy_(values)
+        values.to(torch.float64)  # a copy that stays on the host: not a sync
+    reasons = sorted(key.split(" at ")[0] for key, count in watch.found.items() for _ in range(count))
+    assert reasons == sorted([
+        "a value read on the host (.item(), bool(), int())", "a boolean-mask index (nonzero inside)",
+        "a tensor built from a Python list or literal (a blocking copy on CUDA)",
+        "a copy from host memory to the device", "a copy from host memory to the device",
+    ]), dict(watch.found)

@@ -141,6 +141,15 @@ class GridWarp:
     cell_size: int
     host_sizes: torch.Tensor | None = field(default=None, compare=False)
 
+    def __post_init__(self):
+        if self.host_sizes is not None and (
+            self.host_sizes.device.type != "cpu" or self.host_sizes.shape != self.image_sizes.shape
+        ):
+            raise ValueError(
+                f"host_sizes must be the CPU copy of image_sizes {tuple(self.image_sizes.shape)}; got a "
+                f"{self.host_sizes.device.type} tensor of shape {tuple(self.host_sizes.shape)}"
+            )
+
     def sizes_on_host(self) -> torch.Tensor:
         """(B, 2) float64 image sizes on the CPU (``host_sizes``, or a copy of ``image_sizes``)."""
         return self.host_sizes if self.host_sizes is not None else self.image_sizes.cpu()
@@ -269,7 +278,10 @@ class GridWarp:
         return resample_axis(rows, source_x, 3, limit_x, mode)
 
     def select(self, index: int) -> GridWarp:
-        """The warp of sample ``index`` alone (batch of one)."""
+        """The warp of sample ``index`` alone (batch of one; negative indices count from the end)."""
+        if not -self.batch_size <= index < self.batch_size:
+            raise IndexError(f"sample {index} is out of range for a warp of {self.batch_size} samples")
+        index %= self.batch_size
         pick = slice(index, index + 1)
         host = None if self.host_sizes is None else self.host_sizes[pick]
         return GridWarp(self.row_edges[pick], self.col_edges[pick], self.image_sizes[pick], self.cell_size, host)
@@ -292,7 +304,8 @@ class GridWarp:
 
     @classmethod
     def from_scores(
-        cls, scores: torch.Tensor, image_sizes: torch.Tensor, grid: tuple[int, int], cell_size: int
+        cls, scores: torch.Tensor, image_sizes: torch.Tensor, grid: tuple[int, int], cell_size: int,
+        host_sizes: torch.Tensor | None = None,
     ) -> GridWarp:
         """The DART warp: R rows from the row marginal and C columns from the column marginal.
 
@@ -302,6 +315,9 @@ class GridWarp:
             image_sizes: (B, 2) (H, W) of each image.
             grid: (R, C).
             cell_size: P.
+            host_sizes: the CPU copy of ``image_sizes`` when those are already on the scores'
+                device (e.g. another warp's ``image_sizes`` / ``host_sizes``): then nothing is
+                copied to the device again and the check reads the CPU copy.
 
         Returns:
             A :class:`GridWarp`, differentiable almost everywhere in ``scores``.
@@ -309,6 +325,10 @@ class GridWarp:
         if grid[0] < 1 or grid[1] < 1 or cell_size < 1:
             raise ValueError(f"grid and cell_size must be positive; got grid={grid}, cell_size={cell_size}")
         pdf = score_density(scores)
-        checked = check_image_sizes(image_sizes, scores.shape[0])
-        return cls(marginal_edges(pdf, -1, grid[0]), marginal_edges(pdf, -2, grid[1]), checked.to(scores.device),
-                   cell_size, host_copy(checked))
+        if host_sizes is None:
+            checked = check_image_sizes(image_sizes, scores.shape[0])
+            sizes, host_sizes = checked.to(scores.device), host_copy(checked)
+        else:
+            host_sizes = check_image_sizes(host_sizes, scores.shape[0])
+            sizes = image_sizes.to(device=scores.device, dtype=torch.float64)
+        return cls(marginal_edges(pdf, -1, grid[0]), marginal_edges(pdf, -2, grid[1]), sizes, cell_size, host_sizes)

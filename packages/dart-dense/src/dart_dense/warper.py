@@ -48,9 +48,10 @@ class DartWarp(nn.Module):
         sizes = check_image_sizes(image_sizes, images.shape[0])
         if self.scorer is None:
             return GridWarp.uniform(sizes, self.grid, self.cell_size, images.device)
-        resized = GridWarp.uniform(sizes, self.score_input_size, 1, images.device).warp_image(images)
-        scores = self.scorer(resized)
-        return GridWarp.from_scores(scores, sizes, self.grid, self.cell_size)
+        score_warp = GridWarp.uniform(sizes, self.score_input_size, 1, images.device)
+        scores = self.scorer(score_warp.warp_image(images))
+        # the sizes are on the device already: the one host-to-device copy is the score warp's
+        return GridWarp.from_scores(scores, score_warp.image_sizes, self.grid, self.cell_size, score_warp.host_sizes)
 
     def forward(self, images: torch.Tensor, image_sizes: torch.Tensor) -> tuple[torch.Tensor, GridWarp]:
         """Returns the (B, C, R·P, C·P) warped images and the :class:`GridWarp` that made them."""
