@@ -678,3 +678,22 @@ def test_deterministic_mode_runs_the_backward_of_a_triton_forward_on_the_pytorch
     assert used == ["triton", "torch", "triton"]
     for got, want in zip(deterministic, free, strict=True):
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_interval_averages_of_low_precision_values_are_rounded_once(dtype):
+    """bf16/fp16 values on a long strip: the integrals, their differences and the widths are
+    computed in float32 and the average rounded once to the values' dtype (differences of bf16
+    running integrals near 700 would have lost the whole answer)."""
+    from dart_core.intervals import interval_average, interval_integral
+
+    g = torch.Generator().manual_seed(6)
+    values = (torch.rand(1, 784, 4, generator=g) + 0.5).to(dtype)
+    edges = torch.tensor([[700.25, 701.25, 702.75, 783.5]])
+    exact = interval_average(values.double(), edges.double(), lambda w: w.clamp(min=1e-6))
+    got = interval_average(values, edges, lambda w: w.clamp(min=1e-6))
+    assert got.dtype == dtype
+    ulp = torch.finfo(dtype).eps  # one unit in the last place: the exact answer rounded, give or take a tie
+    torch.testing.assert_close(got.double(), exact, rtol=ulp, atol=0)
+    integral = interval_integral(values, edges)
+    torch.testing.assert_close(integral.double(), interval_integral(values.double(), edges.double()), rtol=ulp, atol=0)

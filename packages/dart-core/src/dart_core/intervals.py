@@ -65,8 +65,12 @@ def interval_integral(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor
             with a NaN end integrates to NaN).
 
     Returns:
-        (B, K, D) the integrals, in ``values``' dtype; differentiable in both inputs.
+        (B, K, D) the integrals, in ``values``' dtype (computed in float32 at least, like
+        :func:`running_integral_at`); differentiable in both inputs.
     """
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    if dtype != values.dtype:
+        return interval_integral(values.to(dtype), edges).to(values.dtype)
     batch = edges.shape[0]
     if values.shape[0] not in (1, batch):
         raise ValueError(f"values has batch {values.shape[0]}; expected 1 or the points' batch {batch}")
@@ -98,8 +102,11 @@ def interval_average(
             denominators, e.g. ``lambda w: w.clamp(min=1e-6)``.
 
     Returns:
-        (B, K, D) the averages.
+        (B, K, D) the averages, in ``values``' dtype (computed in float32 at least).
     """
+    dtype = torch.promote_types(values.dtype, torch.float32)
+    if dtype != values.dtype:
+        return interval_average(values.to(dtype), edges, normaliser).to(values.dtype)
     widths = (edges[:, 1:] - edges[:, :-1]).to(values.dtype)
     # × the (B, K) reciprocals rather than ÷ a broadcast: fewer (B, K, D) passes forward and back
     return interval_integral(values, edges) * normaliser(widths).reciprocal().unsqueeze(-1)
