@@ -46,6 +46,22 @@ def test_a_random_frozen_backbone_warns_once_per_process_saying_how_to_fix_it(fr
     assert "scorer_weights=<file>" in message and "freeze_backbone=False" in message
 
 
+def test_entering_training_warns_too_for_runs_that_only_call_a_compiled_model(fresh_warnings):
+    """Under torch.compile the forward traces the backbone and cannot warn; .train() does."""
+    scorer = tiny_scorer()
+    torch.compile(scorer, backend="eager", fullgraph=True)(X)
+    assert not random_backbone_warnings(fresh_warnings)
+    scorer.eval()
+    assert not random_backbone_warnings(fresh_warnings)  # evaluation: nothing is being trained on noise
+    scorer.train()
+    assert len(random_backbone_warnings(fresh_warnings)) == 1
+    loaded = tiny_scorer()
+    loaded.load_state_dict(tiny_scorer().state_dict())
+    scorers._WARNED.clear()
+    loaded.train()
+    assert len(random_backbone_warnings(fresh_warnings)) == 1  # no new warning: it has weights
+
+
 def test_no_warning_once_the_backbone_has_weights(fresh_warnings, tmp_path):
     weights = tmp_path / "mnv3s.pth"
     torch.save(torchvision.models.mobilenet_v3_small().state_dict(), weights)

@@ -224,9 +224,14 @@ class Scorer(nn.Module):
             backbone.to(memory_format=torch.channels_last)
 
     def train(self, mode: bool = True) -> Scorer:
+        """Train or eval mode; a frozen backbone stays in eval mode. Entering training with a
+        frozen backbone that is still random warns (once, :func:`warn_if_random_frozen_backbone`):
+        the forward pass warns too, but not under ``torch.compile``, so a compiled run hears it here."""
         super().train(mode)
         if self.freeze_backbone:
             self.backbone.eval()
+            if mode:
+                warn_if_random_frozen_backbone(self.backbone)
         return self
 
     def features(self, images: torch.Tensor) -> torch.Tensor:
@@ -248,8 +253,9 @@ class Scorer(nn.Module):
 
         A frozen backbone still randomly initialised warns once (:func:`warn_if_random_frozen_backbone`).
 
-        Under ``torch.compile`` the backbone itself is traced instead (no fold bookkeeping, no
-        warning): a DART model compiles to a single graph (``fullgraph=True`` works).
+        Under ``torch.compile`` the backbone itself is traced instead (no fold bookkeeping; the
+        random-backbone warning comes from :meth:`train`): a DART model compiles to a single graph
+        (``fullgraph=True`` works).
         """
         if not self.freeze_backbone:
             return _last_feature(self.backbone(images))
