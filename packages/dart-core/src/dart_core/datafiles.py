@@ -15,14 +15,15 @@ def read_json(path: str | os.PathLike, remedy: str) -> Any:
         remedy: what the file should hold or where a good copy comes from; ends every error.
 
     Raises:
-        FileNotFoundError: the file does not exist.
+        FileNotFoundError: no file at the path (nothing, or a folder).
         ValueError: it is empty, not UTF-8 or not valid JSON (the parser's complaint is quoted).
     """
     path = os.fspath(path)
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"{path} does not exist; {remedy}")
+        what = "is a folder, not a JSON file" if os.path.isdir(path) else "does not exist"
+        raise FileNotFoundError(f"{path} {what}; {remedy}")
     try:
-        with open(path, encoding="utf-8") as handle:
+        with open(path, encoding="utf-8-sig") as handle:  # -sig: a byte-order mark some editors write is fine
             text = handle.read()
     except UnicodeDecodeError as error:
         raise ValueError(f"{path} is not UTF-8 text ({error}); {remedy}") from error

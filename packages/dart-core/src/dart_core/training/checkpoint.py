@@ -128,7 +128,9 @@ def resume_path(resume: str | None, output_dir: str) -> str | None:
 
     In a distributed run every process looks, and they must agree: only rank 0 writes
     ``last.pth``, so on nodes that do not share ``output_dir`` the others would start afresh
-    while rank 0 resumed, and the replicas would silently diverge.
+    while rank 0 resumed, and the replicas would silently diverge. With ``"auto"`` this is
+    therefore a collective call: every rank must make it, after the process group exists
+    (before it, each process decides alone).
 
     Raises:
         CheckpointError: ``"auto"`` found ``last.pth`` on some processes but not on others.

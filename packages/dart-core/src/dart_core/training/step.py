@@ -49,5 +49,5 @@ def resume_scaler(scaler: torch.amp.GradScaler, state: dict) -> None:
     fresh float16 run would (``GradScaler.load_state_dict`` refuses an empty state). A disabled
     scaler ignores whatever it is given.
     """
-    if state or not scaler.is_enabled():
+    if state:
         scaler.load_state_dict(state)
