@@ -84,3 +84,28 @@ def test_bilinear_resize_gradients():
     maps = torch.randn(2, 3, 5, dtype=torch.float64, requires_grad=True)
     assert torch.autograd.gradcheck(lambda m: bilinear_resize(m, (7, 4)), (maps,))
     assert bilinear_resize(maps, (3, 5)) is maps  # the same size: no work
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_bilinear_resize_of_low_precision_maps_rounds_once(dtype):
+    maps = (torch.rand(2, 7, 7, generator=torch.Generator().manual_seed(1)) * 10).to(dtype)
+    want = F.interpolate(maps.double().unsqueeze(1), size=(14, 14), mode="bilinear", align_corners=False).squeeze(1)
+    got = bilinear_resize(maps, (14, 14))
+    assert got.dtype == dtype
+    torch.testing.assert_close(got.double(), want, rtol=torch.finfo(dtype).eps, atol=0)  # within one rounding
+
+
+def test_bilinear_resize_keeps_float32_maps_float32_under_autocast():
+    maps = torch.rand(2, 7, 7, generator=torch.Generator().manual_seed(2)) * 10
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = bilinear_resize(maps, (14, 14))
+    want = F.interpolate(maps.unsqueeze(1), size=(14, 14), mode="bilinear", align_corners=False).squeeze(1)
+    assert got.dtype == torch.float32
+    torch.testing.assert_close(got, want, rtol=1e-6, atol=1e-5)
+
+
+def test_bilinear_resize_refuses_what_f_interpolate_refuses():
+    with pytest.raises(ValueError, match="sizes must be positive"):
+        bilinear_resize(torch.rand(2, 3, 3), (0, 4))
+    with pytest.raises(TypeError, match="floating-point maps"):
+        bilinear_resize(torch.ones(2, 3, 3, dtype=torch.long), (4, 4))

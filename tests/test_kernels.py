@@ -680,6 +680,32 @@ def test_deterministic_mode_runs_the_backward_of_a_triton_forward_on_the_pytorch
         torch.testing.assert_close(got, want, rtol=1e-12, atol=1e-12)
 
 
+def test_deterministic_mode_leaves_the_forward_on_triton():
+    """Only the Triton backward is nondeterministic: in deterministic mode CUDA tensors still get
+    the Triton forward, for "auto" and for an explicit "triton" (inference stays fast)."""
+    was, warn_only = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    try:
+        torch.use_deterministic_algorithms(True)
+        assert resolve_backend(torch.device("cuda"), "auto") == "triton"
+        assert resolve_backend(torch.device("cuda"), "triton") == "triton"
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=warn_only)
+
+
+def test_patch_sample_takes_the_six_arguments_it_took_before():
+    """``requested`` is optional: PatchSample.apply with six inputs runs and differentiates."""
+    from dart_core.kernels import PatchSample
+
+    images = torch.randn(1, 1, 4, 4, dtype=torch.float64)
+    line_top = torch.zeros(1, 1, 2, dtype=torch.long)
+    line_frac = torch.full((1, 1, 2), 0.25, dtype=torch.float64, requires_grad=True)
+    sample_left = torch.tensor([[0, 1]])
+    sample_frac = torch.full((1, 2), 0.5, dtype=torch.float64, requires_grad=True)
+    patches = PatchSample.apply(images, line_top, line_frac, sample_left, sample_frac, "torch")
+    grads = torch.autograd.grad(patches.sum(), (line_frac, sample_frac))
+    assert patches.shape == (1, 1, 1, 2, 2) and all(g is not None for g in grads)
+
+
 @pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
 def test_interval_averages_of_low_precision_values_are_rounded_once(dtype):
     """bf16/fp16 values on a long strip: the integrals, their differences and the widths are

@@ -53,8 +53,9 @@ def test_entering_training_warns_too_for_runs_that_only_call_a_compiled_model(fr
     assert not random_backbone_warnings(fresh_warnings)
     scorer.eval()
     assert not random_backbone_warnings(fresh_warnings)  # evaluation: nothing is being trained on noise
-    scorer.train()
-    assert len(random_backbone_warnings(fresh_warnings)) == 1
+    nn.ModuleDict({"scorer": scorer}).train()  # through a parent, as model.train() does
+    (warning,) = random_backbone_warnings(fresh_warnings)
+    assert warning.filename == __file__  # attributed to the caller, not to torch's module code
     loaded = tiny_scorer()
     loaded.load_state_dict(tiny_scorer().state_dict())
     scorers._WARNED.clear()

@@ -9,6 +9,8 @@ side).
 
 from __future__ import annotations
 
+from contextlib import nullcontext
+
 import torch
 
 
@@ -28,11 +30,22 @@ def bilinear_matrix(out_size: int, in_size: int, dtype: torch.dtype, device: tor
 
 
 def bilinear_resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
-    """Resize (..., h, w) maps to (..., H, W) = ``size``: ``F.interpolate(mode="bilinear",
-    align_corners=False)``'s values, as matrix products (the maps unchanged when the size is)."""
+    """Resize (..., h, w) float maps to (..., H, W) = ``size``: ``F.interpolate(mode="bilinear",
+    align_corners=False)``'s values, as matrix products (the maps unchanged when the size is).
+
+    Computed in float32 at least, with autocast off (it would run the products in bf16), and
+    rounded once to the maps' dtype.
+    """
+    if not maps.is_floating_point():
+        raise TypeError(f"bilinear_resize takes floating-point maps, got {maps.dtype}")
     height, width = maps.shape[-2:]
+    if min(height, width, *size) < 1:
+        raise ValueError(f"sizes must be positive: maps {height}x{width}, target {size[0]}x{size[1]}")
     if (height, width) == tuple(size):
         return maps
-    rows = bilinear_matrix(size[0], height, maps.dtype, maps.device)
-    cols = bilinear_matrix(size[1], width, maps.dtype, maps.device)
-    return rows @ maps @ cols.T
+    work = torch.promote_types(maps.dtype, torch.float32)
+    device = maps.device.type
+    with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
+        rows = bilinear_matrix(size[0], height, work, maps.device)
+        cols = bilinear_matrix(size[1], width, work, maps.device)
+        return (rows @ maps.to(work) @ cols.T).to(maps.dtype)

@@ -25,6 +25,7 @@ scorer's first forward pass then warns (a ``UserWarning``, once per process; see
 from __future__ import annotations
 
 import os
+import sys
 import warnings
 from dataclasses import dataclass
 from typing import Literal
@@ -47,11 +48,20 @@ RANDOM_INIT_ATTR = "_dart_random_init"
 _WARNED: set[str] = set()  # the reasons already warned about in this process
 
 
+LIBRARY_MODULES = ("dart_core", "dart_video", "dart_dense", "torch", "timm")
+
+
 def _warn_once(reason: str, message: str) -> None:
-    """``warnings.warn(message, UserWarning)`` the first time ``reason`` comes up in this process."""
-    if reason not in _WARNED:
-        _WARNED.add(reason)
-        warnings.warn(message, UserWarning, stacklevel=4)
+    """``warnings.warn(message, UserWarning)`` the first time ``reason`` comes up in this process,
+    attributed to the first caller outside DART, torch and timm (a forward pass, ``model.train()``
+    through any depth of parent modules)."""
+    if reason in _WARNED:
+        return
+    _WARNED.add(reason)
+    frame, level = sys._getframe(), 1
+    while frame.f_back is not None and frame.f_globals.get("__name__", "").split(".")[0] in LIBRARY_MODULES:
+        frame, level = frame.f_back, level + 1
+    warnings.warn(message, UserWarning, stacklevel=level)
 
 
 def _forget_random_init(module: nn.Module, state_dict, prefix: str, *args) -> None:

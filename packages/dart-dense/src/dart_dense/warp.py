@@ -330,5 +330,13 @@ class GridWarp:
             sizes, host_sizes = checked.to(scores.device), host_copy(checked)
         else:
             host_sizes = check_image_sizes(host_sizes, scores.shape[0])
+            if not isinstance(image_sizes, torch.Tensor) or image_sizes.shape != host_sizes.shape:
+                raise ValueError(
+                    f"with host_sizes, image_sizes must be their (B, 2) copy on the device; got "
+                    f"{tuple(image_sizes.shape) if isinstance(image_sizes, torch.Tensor) else type(image_sizes).__name__}"
+                    f" for host_sizes {tuple(host_sizes.shape)}"
+                )
+            if image_sizes.device.type == "cpu" and not torch.equal(image_sizes.to(torch.float64), host_sizes):
+                raise ValueError(f"image_sizes {image_sizes.tolist()} and host_sizes {host_sizes.tolist()} disagree")
             sizes = image_sizes.to(device=scores.device, dtype=torch.float64)
         return cls(marginal_edges(pdf, -1, grid[0]), marginal_edges(pdf, -2, grid[1]), sizes, cell_size, host_sizes)

@@ -119,7 +119,7 @@ def backward_backend(backend: str, requested: str) -> str:
     backward of a Triton forward that ``"auto"`` chose runs the PyTorch path instead (same
     contract; its ``index_add_`` is deterministic on CUDA in that mode); an explicit
     ``"triton"`` raises there like PyTorch's own nondeterministic backward passes (a warning
-    with ``warn_only=True``).
+    with ``warn_only=True``, in eager mode: a compiled graph cannot warn, so it raises).
     """
     if backend != "triton" or not torch.are_deterministic_algorithms_enabled():
         return backend
@@ -128,7 +128,7 @@ def backward_backend(backend: str, requested: str) -> str:
     message = ("the Triton backward of backend='triton' accumulates gradients with atomics, which is not "
                "deterministic; under torch.use_deterministic_algorithms(True) use backend='auto', whose backward "
                "then runs the deterministic PyTorch path")
-    if not torch.is_deterministic_algorithms_warn_only_enabled():
+    if torch.compiler.is_compiling() or not torch.is_deterministic_algorithms_warn_only_enabled():
         raise RuntimeError(message)
     warnings.warn(message, stacklevel=2)
     return backend
@@ -138,13 +138,13 @@ class PatchSample(torch.autograd.Function):
     """(images, line taps, line fractions, sample taps, sample fractions) → (B, N, C, P, P).
 
     Differentiable in ``images``, ``line_frac`` and ``sample_frac``; the integer taps are not.
-    ``backend`` runs the forward; ``requested`` (what the caller asked for) decides the backward
-    in deterministic mode (:func:`backward_backend`).
+    ``backend`` runs the forward; ``requested`` (what the caller asked for, default ``backend``)
+    decides the backward in deterministic mode (:func:`backward_backend`).
     """
 
     @staticmethod
-    def forward(ctx, images, line_top, line_frac, sample_left, sample_frac, backend, requested):
-        ctx.backend, ctx.requested = backend, requested
+    def forward(ctx, images, line_top, line_frac, sample_left, sample_frac, backend, requested=None):
+        ctx.backend, ctx.requested = backend, requested or backend
         ctx.save_for_backward(images, line_top, line_frac, sample_left, sample_frac)
         return patch_sample_op(images, line_top, line_frac, sample_left, sample_frac, backend)
 
@@ -157,7 +157,8 @@ class PatchSample(torch.autograd.Function):
         grad_images, grad_line, grad_sample = patch_sample_backward_op(
             grad_patches.contiguous(), images, line_top, line_frac, sample_left, sample_frac, backend, need_images
         )
-        return (grad_images if need_images else None), None, grad_line, None, grad_sample, None, None
+        grads = ((grad_images if need_images else None), None, grad_line, None, grad_sample, None, None)
+        return grads[: len(ctx.needs_input_grad)]  # one per input given to apply (requested may be left out)
 
 
 def compute_dtype(dtype: torch.dtype) -> torch.dtype:
