@@ -24,8 +24,10 @@ import torch
 
 from .kernels import native
 from .kernels.interval_native import interval_integral as native_interval_integral
+from .precision import in_float32_at_least
 
 
+@in_float32_at_least
 def running_integral_at(values: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Integral of a piecewise-constant signal from 0 to each point.
 
@@ -42,9 +44,6 @@ def running_integral_at(values: torch.Tensor, points: torch.Tensor) -> torch.Ten
     shared, cells, dim = values.shape
     if shared not in (1, batch):
         raise ValueError(f"values has batch {shared}; expected 1 or the points' batch {batch}")
-    dtype = torch.promote_types(values.dtype, torch.float32)
-    if dtype != values.dtype:
-        return running_integral_at(values.to(dtype), points).to(values.dtype)
     points = points.to(values.dtype).clamp(0.0, float(cells))
     totals = torch.nn.functional.pad(values.cumsum(dim=1), (0, 0, 1, 0))  # (B or 1, n + 1, D)
     cell = points.detach().floor().nan_to_num(0.0).long().clamp(max=cells - 1)  # a NaN point: a NaN integral
@@ -56,6 +55,7 @@ def running_integral_at(values: torch.Tensor, points: torch.Tensor) -> torch.Ten
     return torch.addcmul(below.view(batch, count, dim), inside, within.view(batch, count, dim))
 
 
+@in_float32_at_least
 def interval_integral(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor:
     """Integral of a piecewise-constant signal over consecutive intervals.
 
@@ -68,9 +68,6 @@ def interval_integral(values: torch.Tensor, edges: torch.Tensor) -> torch.Tensor
         (B, K, D) the integrals, in ``values``' dtype (computed in float32 at least, like
         :func:`running_integral_at`); differentiable in both inputs.
     """
-    dtype = torch.promote_types(values.dtype, torch.float32)
-    if dtype != values.dtype:
-        return interval_integral(values.to(dtype), edges).to(values.dtype)
     batch = edges.shape[0]
     if values.shape[0] not in (1, batch):
         raise ValueError(f"values has batch {values.shape[0]}; expected 1 or the points' batch {batch}")
@@ -88,6 +85,7 @@ def running_interval_integral(values: torch.Tensor, edges: torch.Tensor) -> torc
     return integral[:, 1:] - integral[:, :-1]
 
 
+@in_float32_at_least
 def interval_average(
     values: torch.Tensor,
     edges: torch.Tensor,
@@ -104,9 +102,6 @@ def interval_average(
     Returns:
         (B, K, D) the averages, in ``values``' dtype (computed in float32 at least).
     """
-    dtype = torch.promote_types(values.dtype, torch.float32)
-    if dtype != values.dtype:
-        return interval_average(values.to(dtype), edges, normaliser).to(values.dtype)
     widths = (edges[:, 1:] - edges[:, :-1]).to(values.dtype)
     # × the (B, K) reciprocals rather than ÷ a broadcast: fewer (B, K, D) passes forward and back
     return interval_integral(values, edges) * normaliser(widths).reciprocal().unsqueeze(-1)

@@ -9,8 +9,6 @@ guard). Class, distillation or middle tokens keep their own embeddings; see
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
 
 from .intervals import (
@@ -20,6 +18,7 @@ from .intervals import (
     token_overlap_normaliser,
 )
 from .partition import Partition
+from .precision import autocast_off
 
 
 def resample_pos_embed(pos_grid: torch.Tensor, partition: Partition) -> torch.Tensor:
@@ -42,8 +41,7 @@ def resample_pos_embed(pos_grid: torch.Tensor, partition: Partition) -> torch.Te
     work = pos_grid if pos_grid.dtype in (torch.float32, torch.float64) else pos_grid.float()
     # Autocast off: it would run the row product in bf16/fp16, and the token edges would then be
     # rounded to that precision (whole cells on a 196-cell strip) when the strip is integrated.
-    device = pos_grid.device.type
-    with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
+    with autocast_off(pos_grid.device):
         # Rows: R × h overlap weights are tiny, so one matrix product (a shared table: one GEMM).
         weights = overlap_average_weights(partition.row_edges * height, height, row_overlap_normaliser).to(work.dtype)
         table = work.flatten(2)  # (1 or B, h, w * D)

@@ -9,9 +9,9 @@ side).
 
 from __future__ import annotations
 
-from contextlib import nullcontext
-
 import torch
+
+from .precision import autocast_off
 
 
 def bilinear_matrix(out_size: int, in_size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -44,8 +44,7 @@ def bilinear_resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
     if (height, width) == tuple(size):
         return maps
     work = torch.promote_types(maps.dtype, torch.float32)
-    device = maps.device.type
-    with torch.autocast(device, enabled=False) if torch.amp.is_autocast_available(device) else nullcontext():
+    with autocast_off(maps.device):
         rows = bilinear_matrix(size[0], height, work, maps.device)
         cols = bilinear_matrix(size[1], width, work, maps.device)
         return (rows @ maps.to(work) @ cols.T).to(maps.dtype)

@@ -270,8 +270,7 @@ class Scorer(nn.Module):
         if not self.freeze_backbone:
             return _last_feature(self.backbone(images))
         # torch.compile traces the backbone itself (its eval BatchNorms fuse into the graph): no
-        # eager bookkeeping, so the model compiles to one graph (the random-backbone warning
-        # comes from eager calls only).
+        # eager bookkeeping, so the model compiles to one graph.
         backbone = self.backbone if torch.compiler.is_compiling() else self._frozen_backbone()
         chunk = self.frozen_cpu_chunk if images.device.type == "cpu" else images.shape[0]
         with torch.no_grad():
