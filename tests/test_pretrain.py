@@ -197,11 +197,13 @@ def published_layout(state):
     return out
 
 
-def test_dart_model_trains_with_scorer_and_published_checkpoint_evaluates(data_dir, tmp_path):
+def test_dart_model_trains_with_scorer_and_published_checkpoint_evaluates(data_dir, tmp_path, monkeypatch):
     import argparse
+    import warnings
 
     import timm
     import torchvision
+    from dart_core import scorers
 
     torch.manual_seed(0)
     backbone = torchvision.models.mobilenet_v3_small(weights=None)
@@ -224,7 +226,12 @@ def test_dart_model_trains_with_scorer_and_published_checkpoint_evaluates(data_d
     # our checkpoint evaluates with the token budget and scorer it was trained with (12 tokens,
     # mobilenet_v3_small) though the command names neither; a flag that disagrees is refused
     eval_args = ["--data-dir", data_dir, "--output-dir", str(tmp_path / "eval"), "--num-workers", "0", "--no-progress"]
-    own = main(["--eval", "--checkpoint", str(tmp_path / "train" / "last.pth"), *DART[:4], *eval_args])
+    monkeypatch.setattr(scorers, "_WARNED", set())
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        own = main(["--eval", "--checkpoint", str(tmp_path / "train" / "last.pth"), *DART[:4], *eval_args])
+    # the scorer's weights come from the checkpoint: the input-size probe before the load does not warn
+    assert not [(w.filename, w.lineno) for w in caught if "randomly initialised" in str(w.message)]
     assert own["top1"] == pytest.approx(top1) and own["loss"] == pytest.approx(loss, rel=1e-5)
     with pytest.raises(UsageError, match="--num-tokens 16 disagrees with .*last.pth, which was trained with "
                                          "--num-tokens 12: drop --num-tokens"):

@@ -46,6 +46,25 @@ def test_a_random_frozen_backbone_warns_once_per_process_saying_how_to_fix_it(fr
     assert "scorer_weights=<file>" in message and "freeze_backbone=False" in message
 
 
+def test_a_deferred_warning_stays_due_for_the_first_pass_after_the_block(fresh_warnings):
+    """A command's shape probe runs before the checkpoint loads: it must not warn, nor use up the
+    once-per-process warning that a backbone still random afterwards deserves."""
+    scorer = tiny_scorer()
+    with scorers.random_backbone_warning_deferred():
+        scorer(X)
+        scorer.train()
+    assert not random_backbone_warnings(fresh_warnings)
+    scorer(X)
+    assert len(random_backbone_warnings(fresh_warnings)) == 1
+    weighted = tiny_scorer()
+    with scorers.random_backbone_warning_deferred():
+        weighted(X)
+    weighted.load_state_dict(tiny_scorer().state_dict())
+    scorers._WARNED.clear()
+    weighted(X)
+    assert len(random_backbone_warnings(fresh_warnings)) == 1  # weights came after the probe: no warning
+
+
 def test_entering_training_warns_too_for_runs_that_only_call_a_compiled_model(fresh_warnings):
     """Under torch.compile the forward traces the backbone and cannot warn; .train() does."""
     scorer = tiny_scorer()

@@ -47,6 +47,7 @@ from dart_core.checkpoint import (  # noqa: E402
     load_exact,
     read_state_dict,
 )
+from dart_core.scorers import random_backbone_warning_deferred  # noqa: E402
 from dart_core.training import (  # noqa: E402
     CheckpointError,
     DistContext,
@@ -138,19 +139,23 @@ def default_input_size(model: torch.nn.Module) -> int:
 
 @torch.no_grad()
 def check_input_size(model: torch.nn.Module, size: int, device: torch.device, name: str) -> None:
-    """One forward pass on a (1, 3, size, size) batch; a failure becomes a clear UsageError."""
+    """One forward pass on a (1, 3, size, size) batch; a failure becomes a clear UsageError.
+
+    It runs before a checkpoint's weights are loaded, so a frozen scorer backbone still random
+    here does not warn yet (it does at the first real forward pass if no weights came)."""
     was_training = model.training
     model.eval()
-    try:
-        model(torch.zeros(1, 3, size, size, device=device))
-    except Exception as e:  # any shape complaint from any model
-        raise UsageError(
-            f"model {name!r} cannot take {size}x{size} inputs ({type(e).__name__}: {e}). Use --input-size "
-            f"{default_input_size(model)} (the size it was built for), or build it for {size} with "
-            f"--model-kwargs '{{img_size: {size}}}'"
-        ) from e
-    finally:
-        model.train(was_training)
+    with random_backbone_warning_deferred():
+        try:
+            model(torch.zeros(1, 3, size, size, device=device))
+        except Exception as e:  # any shape complaint from any model
+            raise UsageError(
+                f"model {name!r} cannot take {size}x{size} inputs ({type(e).__name__}: {e}). Use --input-size "
+                f"{default_input_size(model)} (the size it was built for), or build it for {size} with "
+                f"--model-kwargs '{{img_size: {size}}}'"
+            ) from e
+        finally:
+            model.train(was_training)
 
 
 def classifier_names(model: torch.nn.Module) -> tuple[str, ...]:

@@ -24,9 +24,11 @@ scorer's first forward pass then warns (a ``UserWarning``, once per process; see
 
 from __future__ import annotations
 
+import contextlib
 import os
 import sys
 import warnings
+from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Literal
 
@@ -46,6 +48,7 @@ ScoreVersion = Literal["v1", "v2"]
 RANDOM_INIT_ATTR = "_dart_random_init"
 
 _WARNED: set[str] = set()  # the reasons already warned about in this process
+_DEFERRED = [0]  # depth of open random_backbone_warning_deferred() blocks
 
 
 LIBRARY_MODULES = ("dart_core", "dart_video", "dart_dense", "torch", "timm")
@@ -84,7 +87,7 @@ def warn_if_random_frozen_backbone(backbone: nn.Module) -> None:
     Reads the mark :func:`mark_random_init` puts on the backbone itself (``__dict__``, no module
     walk: this runs on every forward pass)."""
     reason = "random frozen scorer backbone"
-    if reason in _WARNED or not backbone.__dict__.get(RANDOM_INIT_ATTR, False):
+    if _DEFERRED[0] or reason in _WARNED or not backbone.__dict__.get(RANDOM_INIT_ATTR, False):
         return
     _warn_once(
         reason,
@@ -93,6 +96,20 @@ def warn_if_random_frozen_backbone(backbone: nn.Module) -> None:
         "(timm.create_model / patch_timm) or weights=<file> / weights='packaged' (build_scorer), load a "
         "checkpoint that holds the scorer, or train the backbone with freeze_backbone=False.",
     )
+
+
+@contextlib.contextmanager
+def random_backbone_warning_deferred() -> Iterator[None]:
+    """Within the block a random frozen backbone does not warn, and the warning stays due.
+
+    For forward passes that run before the weights arrive by design: a command's shape probe, a
+    FLOP count, built before its checkpoint is loaded. The first forward pass (or ``train()``)
+    after the block warns if the backbone is still random then."""
+    _DEFERRED[0] += 1
+    try:
+        yield
+    finally:
+        _DEFERRED[0] -= 1
 
 
 def standardise(scores: torch.Tensor, batch_stats: bool = False) -> torch.Tensor:
