@@ -23,6 +23,21 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 BACKENDS = ["torch", "triton", "native"]
+# conftest.py runs the Triton kernels in the CPU interpreter. On a GPU, `TRITON_INTERPRET=0 pytest
+# tests/test_kernels.py` runs them on the GPU for real: the tests' tensors stay on the CPU (autograd
+# carries gradients across the copies) and the other backends run on the CPU as always.
+TRITON_DEVICE = torch.device("cuda" if os.environ.get("TRITON_INTERPRET") == "0" and torch.cuda.is_available()
+                             else "cpu")
+
+
+def device_of(backend):
+    return TRITON_DEVICE if backend == "triton" else torch.device("cpu")
+
+
+def sample(images, line_y, sample_x, backend):
+    """``sample_strip_patches`` on ``backend``'s device (:data:`TRITON_DEVICE`); the result on the CPU."""
+    device = device_of(backend)
+    return sample_strip_patches(images.to(device), line_y.to(device), sample_x.to(device), backend).cpu()
 
 
 def oracle(images, line_y, sample_x):
@@ -64,7 +79,7 @@ CASES = [  # batch, channels, height, width, rows, tokens, patch
 @pytest.mark.parametrize("spill", [0.0, 0.3])
 def test_values_match_oracle_float64(backend, case, spill):
     images, line_y, sample_x = random_case(*case, seed=sum(case), spill=spill)
-    got = sample_strip_patches(images, line_y, sample_x, backend)
+    got = sample(images, line_y, sample_x, backend)
     assert got.shape == (case[0], case[5], case[1], case[6], case[6]) and got.is_contiguous()
     torch.testing.assert_close(got, oracle(images, line_y, sample_x), rtol=0, atol=1e-12)
 
@@ -78,7 +93,7 @@ def assert_gradients_match_oracle(images, line_y, sample_x, seed):
     grads = {}
     for name in ["oracle", *BACKENDS]:
         inputs = [t.clone().requires_grad_() for t in (images, line_y, sample_x)]
-        out = oracle(*inputs) if name == "oracle" else sample_strip_patches(*inputs, backend=name)
+        out = oracle(*inputs) if name == "oracle" else sample(*inputs, name)
         grads[name] = torch.autograd.grad((out * cotangent).sum(), inputs)
     for name in BACKENDS:
         for got, want in zip(grads[name], grads["oracle"], strict=True):
@@ -116,7 +131,7 @@ def test_gradcheck_native_kernels():
 def test_gradcheck_triton_kernels():
     images, line_y, sample_x = random_case(1, 1, 5, 4, 2, 2, 2, seed=5, spill=0.2)
     inputs = tuple(t.requires_grad_() for t in (images, line_y, sample_x))
-    assert torch.autograd.gradcheck(lambda *a: sample_strip_patches(*a, backend="triton"), inputs, eps=1e-7, atol=1e-6)
+    assert torch.autograd.gradcheck(lambda *a: sample(*a, "triton"), inputs, eps=1e-7, atol=1e-6)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -126,7 +141,7 @@ def test_float32_tight_against_float64(backend):
     results = {}
     for dtype in (torch.float64, torch.float32):
         inputs = [images.to(dtype).requires_grad_(), line_y.clone().requires_grad_(), sample_x.clone().requires_grad_()]
-        out = sample_strip_patches(*inputs, backend=backend)
+        out = sample(*inputs, backend)
         assert out.dtype == dtype
         grads = torch.autograd.grad((out * cotangent.to(dtype)).sum(), inputs)
         results[dtype] = (out, *grads)
@@ -137,7 +152,7 @@ def test_float32_tight_against_float64(backend):
 @pytest.mark.parametrize("backend", BACKENDS)
 def test_bfloat16_images(backend):
     images, line_y, sample_x = random_case(1, 3, 8, 8, 2, 4, 4, seed=2)
-    got = sample_strip_patches(images.bfloat16(), line_y, sample_x, backend)
+    got = sample(images.bfloat16(), line_y, sample_x, backend)
     assert got.dtype == torch.bfloat16
     want = oracle(images.bfloat16().double(), line_y, sample_x)
     torch.testing.assert_close(got.double(), want, rtol=1e-2, atol=1e-2)
@@ -152,7 +167,9 @@ def test_partition_path_matches_reference_and_backends_agree_on_score_gradients(
     grads = []
     for backend in BACKENDS:
         part = partition(scores, 3, 9)
-        patches = sample_patches(images, part, 4, backend=backend)
+        device = device_of(backend)
+        on_device = type(part)(*(t.to(device) for t in (part.row_edges, part.token_edges, part.density)))
+        patches = sample_patches(images.to(device), on_device, 4, backend=backend).cpu()
         want = ref.sample_patches(images, part.row_edges.detach(), part.token_edges.detach(), 4)
         torch.testing.assert_close(patches.detach(), want, rtol=0, atol=1e-12)
         grads.append(torch.autograd.grad((patches * cotangent).sum(), scores)[0])
@@ -170,7 +187,7 @@ def test_samples_are_independent_of_their_batch(backend):
 
     def run(sl):
         inputs = [t[sl].clone().requires_grad_() for t in (images, line_y, sample_x)]
-        out = sample_strip_patches(*inputs, backend=backend)
+        out = sample(*inputs, backend)
         return (out, *torch.autograd.grad((out * cotangent[sl]).sum(), inputs))
 
     whole = run(slice(None))
@@ -185,7 +202,7 @@ def test_samples_are_independent_of_their_batch(backend):
        seed=st.integers(0, 2**16), spill=st.sampled_from([0.0, 0.5]), backend=st.sampled_from(BACKENDS))
 def test_both_paths_match_oracle_on_any_shape(case, seed, spill, backend):
     images, line_y, sample_x = random_case(*case, seed=seed, spill=spill)
-    torch.testing.assert_close(sample_strip_patches(images, line_y, sample_x, backend),
+    torch.testing.assert_close(sample(images, line_y, sample_x, backend),
                                oracle(images, line_y, sample_x), rtol=0, atol=1e-12)
 
 
@@ -210,7 +227,7 @@ def test_integer_positions_read_pixels_exactly():
     line_y = torch.tensor([[[0.0, 3.0], [1.0, 2.0]]], dtype=torch.float64)  # R = 2, P = 2
     sample_x = torch.tensor([[[0.0, 4.0], [5.0, 9.0], [10.0, 10.0]]], dtype=torch.float64)  # N = 3
     for backend in BACKENDS:
-        out = sample_strip_patches(images, line_y, sample_x, backend)
+        out = sample(images, line_y, sample_x, backend)
         # Token 0 reads row 0 (lines 0 and 3) at columns 0 and 4; token 1 row 1 (lines 1, 2) at 0 and 4.
         torch.testing.assert_close(out[0, 0, 0], images[0, 0][[0, 3]][:, [0, 4]])
         torch.testing.assert_close(out[0, 1, 1], images[0, 1][[1, 2]][:, [0, 4]])
@@ -223,7 +240,8 @@ def test_backend_dispatch():
         assert resolve_backend(torch.device("cpu"), "auto") == "torch"
     assert resolve_backend(torch.device("cpu"), "auto") == "native"
     assert resolve_backend(torch.device("cuda"), "auto") == "triton"  # CUDA tensors → Triton
-    assert resolve_backend(torch.device("cpu"), "triton") == "triton"  # only because TRITON_INTERPRET=1 here
+    if os.environ.get("TRITON_INTERPRET") == "1":  # conftest.py's default: CPU tensors may go to Triton
+        assert resolve_backend(torch.device("cpu"), "triton") == "triton"
     with pytest.raises(ValueError, match="backend must be"):
         resolve_backend(torch.device("cpu"), "cuda")
     with pytest.raises(RuntimeError, match="CPU tensors only"):
@@ -281,7 +299,7 @@ def test_float32_on_a_partition_of_narrow_wide_and_seam_crossing_tokens(backend)
     want = oracle(*want_inputs)
     want_grads = torch.autograd.grad((want * cotangent).sum(), want_inputs)
     inputs = [images.float().requires_grad_(), line_y.float().requires_grad_(), sample_x.float().requires_grad_()]
-    got = sample_strip_patches(*inputs, backend=backend)
+    got = sample(*inputs, backend)
     assert got.dtype == torch.float32
     got_grads = torch.autograd.grad((got * cotangent.float()).sum(), inputs)
     # float32 positions move samples by up to ~3e-5 columns at x = 600: values move by that times
@@ -305,7 +323,7 @@ def test_an_images_nan_reaches_only_the_samples_that_tap_it(backend):
     dirty = [dirty_images.requires_grad_(), line_y.clone().requires_grad_(), sample_x.clone().requires_grad_()]
     results = []
     for inputs in (clean, dirty):
-        out = sample_strip_patches(*inputs, backend=backend)
+        out = sample(*inputs, backend)
         results.append((out, *torch.autograd.grad(out.sum(), inputs[1:])))
     for one, other in zip(*results, strict=True):
         assert torch.isfinite(other).all()
@@ -518,10 +536,10 @@ def test_non_finite_and_far_positions(backend):
     """NaN / inf positions give NaN values on every backend (no crash, no silent zero); far finite
     positions read the zero padding; the other samples are untouched."""
     images, line_y, sample_x = random_case(1, 2, 6, 5, 2, 3, 3, seed=41)
-    want = sample_strip_patches(images, line_y, sample_x, backend)
+    want = sample(images, line_y, sample_x, backend)
     bad_x = sample_x.clone()
     bad_x[0, 0, 1], bad_x[0, 1, 0], bad_x[0, 2, 2] = float("nan"), float("inf"), 1e30
-    got = sample_strip_patches(images, line_y, bad_x, backend)
+    got = sample(images, line_y, bad_x, backend)
     assert torch.isnan(got[0, 0, :, :, 1]).all() and torch.isnan(got[0, 1, :, :, 0]).all()
     assert torch.all(got[0, 2, :, :, 2] == 0)
     keep = torch.ones_like(got, dtype=torch.bool)
@@ -529,7 +547,7 @@ def test_non_finite_and_far_positions(backend):
     torch.testing.assert_close(got[keep], want[keep], rtol=0, atol=1e-12)
     bad_y = line_y.clone()
     bad_y[0, 1, 2] = float("nan")  # line 2 of row 1
-    got = sample_strip_patches(images, bad_y, sample_x, backend)
+    got = sample(images, bad_y, sample_x, backend)
     row_of = (sample_x[0].floor() // images.shape[3]).long()  # (N, P) the row each left tap reads
     reads_row_1 = (row_of == 1) | ((sample_x[0].floor() + 1) // images.shape[3] == 1)
     assert torch.isnan(got[0, :, :, 2][reads_row_1.unsqueeze(1).expand(-1, 2, -1)]).all()
@@ -609,8 +627,8 @@ def test_positions_in_any_memory_layout_sample_the_same_patches(backend):
     images = torch.randn(3, 2, 8, 8, generator=g)
     line_y = (torch.rand(3, 2, 2, generator=g) * 7).permute(2, 1, 0).contiguous().permute(2, 1, 0)
     sample_x = (torch.rand(3, 5, 2, generator=g) * 15).permute(1, 2, 0).contiguous().permute(2, 0, 1)
-    want = sample_strip_patches(images, line_y.contiguous(), sample_x.contiguous(), backend)
-    torch.testing.assert_close(sample_strip_patches(images, line_y, sample_x, backend), want, rtol=0, atol=0)
+    want = sample(images, line_y.contiguous(), sample_x.contiguous(), backend)
+    torch.testing.assert_close(sample(images, line_y, sample_x, backend), want, rtol=0, atol=0)
 
 
 def test_triton_launches_on_the_tensors_gpu(monkeypatch):
@@ -642,7 +660,8 @@ def test_deterministic_mode_runs_the_backward_of_a_triton_forward_on_the_pytorch
     """Under torch.use_deterministic_algorithms(True) the Triton forward (deterministic) stays and
     the backward of an "auto" Triton forward runs the PyTorch path (its index_add_ is
     deterministic on CUDA in that mode); an explicit "triton" backward is refused (a warning with
-    warn_only=True). "auto" picks Triton on CUDA only, so it is made to pick it here."""
+    warn_only=True). "auto" picks Triton on CUDA only, so it is made to pick it here (on a GPU,
+    see TRITON_DEVICE, it would anyway)."""
     from dart_core.kernels import patch_function
 
     monkeypatch.setattr(patch_function, "resolve_backend", lambda device, backend: "triton")
@@ -655,9 +674,9 @@ def test_deterministic_mode_runs_the_backward_of_a_triton_forward_on_the_pytorch
 
     monkeypatch.setattr(patch_function, "patch_sample_backward_op", recorded)
     g = torch.Generator().manual_seed(5)
-    images = torch.randn(2, 2, 8, 8, generator=g, dtype=torch.float64)
-    line_y = (torch.rand(2, 2, 3, generator=g, dtype=torch.float64) * 7).requires_grad_()
-    sample_x = (torch.rand(2, 4, 3, generator=g, dtype=torch.float64) * 15).requires_grad_()
+    images = torch.randn(2, 2, 8, 8, generator=g, dtype=torch.float64).to(TRITON_DEVICE)
+    line_y = (torch.rand(2, 2, 3, generator=g, dtype=torch.float64) * 7).to(TRITON_DEVICE).requires_grad_()
+    sample_x = (torch.rand(2, 4, 3, generator=g, dtype=torch.float64) * 15).to(TRITON_DEVICE).requires_grad_()
 
     def gradients(backend):
         patches = sample_strip_patches(images, line_y, sample_x, backend)
