@@ -44,7 +44,11 @@ def running_integral_at(values: torch.Tensor, points: torch.Tensor) -> torch.Ten
     shared, cells, dim = values.shape
     if shared not in (1, batch):
         raise ValueError(f"values has batch {shared}; expected 1 or the points' batch {batch}")
-    points = points.to(values.dtype).clamp(0.0, float(cells))
+    points = points.to(values.dtype)
+    # Clamped to [0, n], with no gradient at or past the ends on every torch release (torch.clamp's
+    # own gradient at its bounds is 1 in torch 2.11 and 2.4, 0 in 2.14; the C kernel passes 0).
+    within_ends = (points > 0) & (points < cells)
+    points = torch.where(within_ends, points, points.detach().clamp(0.0, float(cells)))
     totals = torch.nn.functional.pad(values.cumsum(dim=1), (0, 0, 1, 0))  # (B or 1, n + 1, D)
     cell = points.detach().floor().nan_to_num(0.0).long().clamp(max=cells - 1)  # a NaN point: a NaN integral
     inside = (points - cell.to(points.dtype)).unsqueeze(-1)

@@ -14,7 +14,11 @@ def autocast_off(device: torch.device) -> AbstractContextManager:
     exist, e.g. the meta device): matrix products inside it keep their operands' dtype instead of
     running in bf16/fp16, which would round positions and weights."""
     kind = device.type
-    return torch.autocast(kind, enabled=False) if torch.amp.is_autocast_available(kind) else nullcontext()
+    # CPU and CUDA always have autocast; asking torch about them would break a torch.compile graph
+    # on torch releases whose compiler cannot trace the question (2.11, for one).
+    if kind in ("cpu", "cuda") or torch.amp.is_autocast_available(kind):
+        return torch.autocast(kind, enabled=False)
+    return nullcontext()
 
 
 def in_float32_at_least(function: Callable[..., torch.Tensor]) -> Callable[..., torch.Tensor]:

@@ -7,8 +7,6 @@ scatter backward, instead of a running sum, two row gathers and their autograd g
 as a custom operator with its own backward, so ``torch.compile`` keeps it opaque.
 """
 
-from __future__ import annotations
-
 import torch
 
 from . import native

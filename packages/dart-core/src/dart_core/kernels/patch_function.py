@@ -8,8 +8,6 @@ CUDA tensors go to the Triton kernels, CPU float tensors to the compiled C kerne
 PyTorch path. None of them syncs with the host in the forward.
 """
 
-from __future__ import annotations
-
 import importlib.util
 import os
 import warnings
