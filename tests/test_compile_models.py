@@ -20,10 +20,12 @@ def gradients(model: torch.nn.Module) -> dict[str, torch.Tensor]:
 @pytest.mark.parametrize("name", sorted(TINY_DART_MODELS))
 def test_a_dart_model_compiles_to_one_graph_with_eager_values_and_gradients(name):
     model, inputs = tiny_dart_model(name, torch.float64)
+    torch.manual_seed(1)  # the same stochastic-depth draws for both runs (VideoMamba's drop path)
     eager = model(inputs)
     eager.sum().backward()
     want = gradients(model)
     model.zero_grad(set_to_none=True)
+    torch.manual_seed(1)
     compiled = torch.compile(model, backend="aot_eager", fullgraph=True)(inputs)
     compiled.sum().backward()
     got = gradients(model)

@@ -193,7 +193,7 @@ def test_config_trains_checkpoints_resumes_and_evaluates(coco_root, tmp_path):
     work = str(tmp_path / "work")
     train_dense.main(tiny_options(coco_root, work, 2))
     assert osp.isfile(osp.join(work, "iter_2.pth")) and not glob.glob(osp.join(work, "*.tmp"))
-    assert torch.serialization.get_unsafe_globals_in_checkpoint(osp.join(work, "iter_2.pth")) == []
+    torch.load(osp.join(work, "iter_2.pth"), map_location="cpu", weights_only=True)  # no globals beyond torch's own
     train_dense.main(tiny_options(coco_root, work, 4) + ["--resume"])
     from dart_dense.checkpoint import load_local_checkpoint
     assert load_local_checkpoint(osp.join(work, "iter_4.pth"))["meta"]["iter"] == 4

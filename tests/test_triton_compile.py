@@ -8,6 +8,7 @@ compiled to a cubin without a GPU, in a fresh Triton cache, and must not spill r
 
 from __future__ import annotations
 
+import inspect
 import json
 import os
 import subprocess
@@ -34,8 +35,18 @@ def compiled(tmp_path_factory) -> tuple[subprocess.CompletedProcess, list[dict]]
     return result, rows
 
 
+def triton_takes_constexprs() -> bool:
+    """The compile API the tool needs (Triton 3.6 and 3.8 have it; 3.1, torch 2.5's, does not)."""
+    from triton.compiler import ASTSource
+
+    return "constexprs" in inspect.signature(ASTSource.__init__).parameters
+
+
 def test_every_launched_variant_compiles_for_sm80_and_sm90_without_spills(compiled):
     result, rows = compiled
+    if not triton_takes_constexprs():  # the oldest supported stack: the tool refuses, saying why
+        assert result.returncode == 2 and "too old for this tool" in result.stderr and not rows
+        return
     assert result.returncode == 0, result.stdout + result.stderr
     failed = [row for row in rows if "error" in row]
     assert not failed, failed
@@ -68,7 +79,10 @@ def test_every_launched_variant_compiles_for_sm80_and_sm90_without_spills(compil
 def test_recorded_signatures_follow_the_wrappers_dtypes(compiled):
     """Images and patch gradients keep their dtype; interpolation weights are float32 except for
     float64 images; the taps are int64 (the contract of patch_function.compute_dtype)."""
-    _, rows = compiled
+    result, rows = compiled
+    if not triton_takes_constexprs():  # refused before recording (see the test above)
+        assert result.returncode == 2 and not rows
+        return
     assert rows
     for row in rows:
         signature = row["signature"]

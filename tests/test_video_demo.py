@@ -55,7 +55,7 @@ def test_clips_do_what_their_label_says(label):
     train, _ = digit_pools()
     digit = train[0]
     clip = render_clip(digit, label, train, CLEAN, np.random.default_rng(label))
-    assert clip.shape == (6, 48, 48) and clip.min() == CLEAN.background and clip.max() <= 1
+    assert clip.shape == (6, 48, 48) and clip.min() == np.float32(CLEAN.background) and clip.max() <= 1
     y, x = locate(clip[0], digit)
     if label < 4:  # it travels the set distance in its direction
         shift = np.subtract(locate(clip[-1], digit), (y, x))

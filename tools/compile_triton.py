@@ -29,6 +29,7 @@ import os
 os.environ["TRITON_INTERPRET"] = "0"
 
 import argparse  # noqa: E402
+import inspect  # noqa: E402
 import json  # noqa: E402
 import re  # noqa: E402
 import subprocess  # noqa: E402
@@ -149,6 +150,11 @@ def architecture(text: str) -> int:
     return arch
 
 
+def takes_constexprs() -> bool:
+    """Whether this Triton's ``ASTSource`` takes ``constexprs=`` (the compile API this tool uses)."""
+    return "constexprs" in inspect.signature(ASTSource.__init__).parameters
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--arch", type=architecture, nargs="+", default=[80, 90],
@@ -158,6 +164,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--json", type=Path, help="also write the rows to this JSON file")
     parser.add_argument("--no-spills", action="store_true", help="fail when a variant spills registers")
     args = parser.parse_args(argv)
+    if not takes_constexprs():
+        print(f"compile_triton: Triton {triton.__version__} is too old for this tool (its ASTSource takes no "
+              "constexprs=); install a newer triton (3.6 and 3.8 work) to compile the kernels ahead of time",
+              file=sys.stderr)
+        return 2
 
     rows = []
     print(f"triton {triton.__version__}: compiling DART's kernels for " + ", ".join(f"sm_{a}" for a in args.arch))

@@ -80,5 +80,5 @@ def split_prefix_pos_embed(
     # copy them to the device and read a mask back (host syncs in every forward on a GPU).
     prefix = torch.cat([pos_embed[:, i : i + 1] for i in prefix_index], dim=1) if positions else pos_embed[:, :0]
     bounds = [-1, *positions, length]
-    grid = torch.cat([pos_embed[:, start + 1 : end] for start, end in zip(bounds, bounds[1:], strict=False)], dim=1)
+    grid = torch.cat([pos_embed[:, start + 1 : end] for start, end in zip(bounds[:-1], bounds[1:], strict=True)], dim=1)
     return prefix, grid.reshape(pos_embed.shape[0], height, width, -1)

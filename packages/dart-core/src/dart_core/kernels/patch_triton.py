@@ -15,8 +15,6 @@ import time; :mod:`.patch_function` imports it only when a Triton launch is requ
 interpreter switch (``TRITON_INTERPRET=1``, read when a kernel is decorated) can be set first.
 """
 
-from __future__ import annotations
-
 import torch
 import triton
 import triton.language as tl
