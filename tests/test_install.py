@@ -1,6 +1,6 @@
 """The packages as a user gets them: wheels built from packages/, installed (not editable) into a
-fresh directory, imported from there in a new process, and the C kernels compiled from the
-sources the wheel shipped.
+fresh directory, imported from there in a new process, the C kernels compiled from the sources
+the wheel shipped, and the ``dart-core`` and ``dart-video`` commands run.
 
 The editable installs the tests otherwise run from would hide a module or kernel source that the
 wheel leaves out."""
@@ -60,3 +60,7 @@ def test_wheels_install_and_their_kernels_build_from_the_shipped_sources(tmp_pat
     assert all(Path(path).is_relative_to(site) for path in report["modules"]), report["modules"]
     assert Path(report["library"]).is_relative_to(tmp_path / "kernel-cache")  # built here, from the wheel's sources
     assert report["max_difference"] < 1e-12
+    for command in ("dart-core", "dart-video"):  # the console scripts the wheels declare
+        result = subprocess.run([str(site / "bin" / command), "--help"], capture_output=True, text=True, env=env,
+                                timeout=120)
+        assert result.returncode == 0 and result.stdout.startswith(f"usage: {command}"), result.stderr
