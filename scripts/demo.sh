@@ -4,8 +4,8 @@
 # cluttered digits) instead (`video` names the default explicitly); other arguments go to the demo.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/setup.sh >/dev/null
-. .venv/bin/activate
+venv=$(bash scripts/setup.sh | tail -n 1)  # DART_STACK picks the stack, as for scripts/test.sh
+. "$venv/bin/activate"
 export TIMM_FUSED_ATTN=0
 case "${1:-}" in
     image) shift; python -m dart_core.demo "$@" ;;

@@ -217,7 +217,7 @@ def _refused_globals(path: str, error: Exception, allowed: list[Any]) -> list[st
     """The names of the classes/functions in ``path`` outside the allow-list."""
     try:
         names = torch.serialization.get_unsafe_globals_in_checkpoint(path)
-    except Exception:  # not a zip checkpoint (legacy format): the name torch's message gives
+    except Exception:  # torch < 2.6 has no such function, or a legacy-format file: the name torch's message gives
         names = re.findall(r"GLOBAL (\S+?)[ ,.]*(?:was not an allowed|whose module)", str(error))
     allowed_names = {f"{getattr(g, '__module__', '')}.{getattr(g, '__qualname__', g)}" for g in allowed}
     return [name for name in names if name not in allowed_names]
