@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import torch
 
-from .precision import autocast_off
+from .precision import autocast_off, in_float32_at_least
 
 
 def bilinear_matrix(out_size: int, in_size: int, dtype: torch.dtype, device: torch.device) -> torch.Tensor:
@@ -43,8 +43,13 @@ def bilinear_resize(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
         raise ValueError(f"sizes must be positive: maps {height}x{width}, target {size[0]}x{size[1]}")
     if (height, width) == tuple(size):
         return maps
-    work = torch.promote_types(maps.dtype, torch.float32)
     with autocast_off(maps.device):
-        rows = bilinear_matrix(size[0], height, work, maps.device)
-        cols = bilinear_matrix(size[1], width, work, maps.device)
-        return (rows @ maps.to(work) @ cols.T).to(maps.dtype)
+        return _interpolation_products(maps, size)
+
+
+@in_float32_at_least
+def _interpolation_products(maps: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``R_y @ maps @ R_xᵀ``: (..., h, w) float32/float64 maps → (..., H, W)."""
+    rows = bilinear_matrix(size[0], maps.shape[-2], maps.dtype, maps.device)
+    cols = bilinear_matrix(size[1], maps.shape[-1], maps.dtype, maps.device)
+    return rows @ maps @ cols.T
