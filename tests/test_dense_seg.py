@@ -194,6 +194,39 @@ def test_torchrun_two_processes_on_cpu(seg_root, tmp_path):
     assert osp.isfile(osp.join(work, "iter_2.pth")) and "seg/mIoU" in done.stdout + done.stderr
 
 
+@pytest.fixture
+def one_rank_group(monkeypatch):
+    """torchrun's variables for a world of one; afterwards, the environment is restored and a process
+    group the test left behind is destroyed."""
+    import socket
+
+    import torch.distributed as dist
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    for key, value in dict(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port), RANK="0", LOCAL_RANK="0",
+                           WORLD_SIZE="1").items():
+        monkeypatch.setenv(key, value)
+    for key in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):  # mmengine's distributed set-up writes them when unset
+        monkeypatch.setenv(key, os.environ.get(key, "1"))
+    yield dist
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def test_launcher_run_leaves_the_process_group(seg_root, tmp_path, one_rank_group):
+    """A torchrun run leaves the gloo group before exiting, after success and after an error: a
+    group left to interpreter shutdown can abort the process ("terminate called without an active
+    exception"), which failed the two-process test above in CI."""
+    dist = one_rank_group
+    train_dense.main([*tiny_options(seg_root, str(tmp_path / "ok"), 1), "--launcher", "pytorch"])
+    assert osp.isfile(osp.join(tmp_path, "ok", "iter_1.pth")) and not dist.is_initialized()
+    broken = tiny_options(seg_root, str(tmp_path / "broken"), 1, extra=["model.backbone.name=no_such_model"])
+    with pytest.raises(RuntimeError, match="no_such_model"):
+        train_dense.main([*broken, "--launcher", "pytorch"])
+    assert not dist.is_initialized()
+
+
 @pytest.mark.parametrize("backbone", [
     dict(name="swin_tiny_patch4_window7_224", out_indices=(1, 3), img_size=(32, 32), window_size=4, embed_dim=16,
          depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1)),  # channels-last transformer

@@ -18,6 +18,7 @@ import argparse
 import os.path as osp
 
 import torch
+from dart_core.training import teardown_distributed
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -98,10 +99,25 @@ def init_cpu_distributed(cfg: Config) -> None:
 def main(argv=None) -> dict | None:
     args = parse_args(argv)
     cfg = build_config(args)
-    if args.launcher == "pytorch" and not torch.cuda.is_available():
-        init_cpu_distributed(cfg)
     if (args.val or args.test) and not cfg.get("load_from"):
         raise ValueError("--val/--test evaluate a checkpoint: pass --load-from CKPT (or set load_from in the config)")
+    if args.launcher == "pytorch" and not torch.cuda.is_available():
+        init_cpu_distributed(cfg)
+    ok = False
+    try:
+        result = run(cfg, args)
+        ok = True
+        return result
+    finally:
+        # Leave the process group before the interpreter shuts down: gloo's worker threads still
+        # hold work objects, and tearing them down during finalisation aborts the process
+        # ("terminate called without an active exception"). After an error, do not wait for the
+        # other ranks (they may be inside a collective); torchrun stops them.
+        teardown_distributed(wait=ok)
+
+
+def run(cfg: Config, args: argparse.Namespace) -> dict | None:
+    """Build the Runner and train, or evaluate a checkpoint (``--val`` / ``--test``)."""
     runner = RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
     if args.val or args.test:
         load_strictly(runner)
