@@ -15,6 +15,7 @@ runs use the gloo backend on the CPU.
 from __future__ import annotations
 
 import argparse
+import inspect
 import os.path as osp
 
 import torch
@@ -91,9 +92,19 @@ def init_cpu_distributed(cfg: Config) -> None:
     if not dist.is_initialized():
         dist.init_process_group(backend="gloo")
     cfg.model_wrapper_cfg = dict(
-        type="MMDistributedDataParallel", device_ids=None, broadcast_buffers=False,
+        type="MMDistributedDataParallel", device_ids=None, **no_forward_buffer_sync(),
         find_unused_parameters=cfg.get("find_unused_parameters", False),
     )
+
+
+def no_forward_buffer_sync() -> dict[str, bool]:
+    """DDP's option not to broadcast rank 0's buffers before each forward (mmengine's default).
+    torch 2.13 renamed ``broadcast_buffers`` to ``forward_sync_buffers`` and warns on the old name."""
+    from torch.nn.parallel import DistributedDataParallel
+
+    if "forward_sync_buffers" in inspect.signature(DistributedDataParallel).parameters:
+        return {"forward_sync_buffers": False}
+    return {"broadcast_buffers": False}
 
 
 def main(argv=None) -> dict | None:
