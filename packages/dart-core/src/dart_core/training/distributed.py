@@ -8,7 +8,9 @@ The backend is NCCL when the device is CUDA and gloo otherwise.
 
 from __future__ import annotations
 
+import gc
 import os
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -69,13 +71,30 @@ def init_distributed(device: str | None = None) -> DistContext:
     return DistContext(rank=rank, world_size=world_size, local_rank=local_rank, device=dev)
 
 
+# How long the main thread gives the backend's worker threads, after leaving the group, to drop
+# their last references (see ``teardown_distributed``).
+BACKEND_SETTLE_SECONDS = 0.2
+
+
 def teardown_distributed(wait: bool = True) -> None:
     """Leave the process group, if one was created; ``wait``: first wait for the other ranks
-    (skip it when leaving on an error, so a failing rank does not hang)."""
+    (skip it when leaving on an error, so a failing rank does not hang).
+
+    Then let the backend's threads settle before the interpreter shuts down. A gloo worker thread
+    drops its reference to a finished collective only after the caller has been released, and
+    where it holds the last reference to a tensor that Python created, it needs the GIL to free
+    it. If the main thread is already finalising the interpreter by then, the worker thread is
+    killed inside a destructor and the process aborts ("terminate called without an active
+    exception", pytorch/pytorch#190489). ``destroy_process_group`` does not join those threads
+    while DDP still holds the group. So the main thread collects garbage and then sleeps
+    without the GIL for ``BACKEND_SETTLE_SECONDS``.
+    """
     if dist.is_available() and dist.is_initialized():
         if wait:
             dist.barrier()
         dist.destroy_process_group()
+        gc.collect()
+        time.sleep(BACKEND_SETTLE_SECONDS)
 
 
 def seed_rank(seed: int, rank: int) -> int:
