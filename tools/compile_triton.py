@@ -121,7 +121,8 @@ def compile_launch(launch: dict, arch: int) -> dict:
         source = ASTSource(fn=kernel, signature=types, constexprs=launch["constexprs"])
         compiled = triton.compile(source, target=GPUTarget("cuda", arch, 32))
         row.update(resource_usage(compiled.asm["cubin"]))
-        row["atomics"] = sorted(set(re.findall(r"\batom\.[\w.]+", compiled.asm["ptx"])))
+        # PTX atomics: atom.* returns the old value, red.* (Triton 3.9+ when it is unused) does not
+        row["atomics"] = sorted(set(re.findall(r"\b(?:atom|red)\.[\w.]+", compiled.asm["ptx"])))
         row["cubin_bytes"] = len(compiled.asm["cubin"])
         row["num_warps"] = compiled.metadata.num_warps
     except Exception as error:  # a failed variant is reported with the compiler's message, the rest still run
