@@ -120,10 +120,9 @@ def main(argv=None) -> dict | None:
         ok = True
         return result
     finally:
-        # Leave the process group before the interpreter shuts down: gloo's worker threads still
-        # hold work objects, and tearing them down during finalisation aborts the process
-        # ("terminate called without an active exception"). After an error, do not wait for the
-        # other ranks (they may be inside a collective); torchrun stops them.
+        # Leave the process group and let gloo's worker threads settle before the interpreter
+        # shuts down, or a rank can abort at exit (teardown_distributed says why). After an error,
+        # do not wait for the other ranks (they may be inside a collective); torchrun stops them.
         teardown_distributed(wait=ok)
 
 
