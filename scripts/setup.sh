@@ -4,6 +4,7 @@
 # time afterwards.
 #   DART_STACK=cpu (default): constraints/cpu.txt (the stack the project is developed on) in .venv
 #   DART_STACK=oldest: constraints/oldest.txt (the oldest torch the packages accept) in .venv-oldest
+#   DART_PYTHON: the interpreter a new environment is created with (default python3)
 # The environment's path is printed on the last line.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -14,7 +15,7 @@ case "$stack" in
     *) echo "setup.sh: DART_STACK=$stack is not a stack: use cpu (the default) or oldest" >&2; exit 2 ;;
 esac
 if [ ! -x "$venv/bin/python" ]; then
-    python3 -m venv "$venv"
+    "${DART_PYTHON:-python3}" -m venv "$venv"
 fi
 . "$venv/bin/activate"
 python -m pip install -q -c "constraints/$stack.txt" -r constraints/dev.txt
