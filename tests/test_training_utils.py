@@ -2,6 +2,7 @@
 torchrun helpers and FLOP counting."""
 
 import argparse
+import contextlib
 import os
 import random
 import stat
@@ -22,6 +23,7 @@ from dart_core.training import (
     count_flops,
     count_params,
     init_distributed,
+    leaving_process_group,
     load_checkpoint,
     read_jsonl,
     restore_rng_state,
@@ -366,6 +368,27 @@ def test_init_distributed_single_process(monkeypatch):
     assert torch.equal(all_reduce_sum(torch.tensor([1.0, 2.0])), torch.tensor([1.0, 2.0]))
     assert all_gather_objects({"a": 1}) == [{"a": 1}]
     teardown_distributed()
+
+
+@pytest.mark.parametrize("raises", [False, True])
+def test_leaving_process_group_waits_for_the_others_only_on_success(tmp_path, monkeypatch, raises):
+    """A one-rank gloo group is left when the block ends; the barrier before leaving runs only when
+    the block finished (a failing rank must not wait for ranks that may be inside a collective)."""
+    import torch.distributed as dist
+    barriers = []
+    real_barrier = dist.barrier
+    monkeypatch.setattr(dist, "barrier", lambda *a, **k: (barriers.append(1), real_barrier(*a, **k))[1])
+    dist.init_process_group("gloo", init_method=f"file://{tmp_path / 'store'}", rank=0, world_size=1)
+    try:
+        with pytest.raises(KeyError) if raises else contextlib.nullcontext():
+            with leaving_process_group():
+                assert dist.is_initialized()
+                if raises:
+                    raise KeyError("a failing step")
+        assert not dist.is_initialized() and barriers == ([] if raises else [1])
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
 
 
 def test_init_distributed_needs_torchrun_variables(monkeypatch):

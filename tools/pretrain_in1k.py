@@ -60,6 +60,7 @@ from dart_core.training import (  # noqa: E402
     count_flops,
     count_params,
     init_distributed,
+    leaving_process_group,
     load_checkpoint,
     optimizer_update,
     restore_rng_state,
@@ -69,7 +70,6 @@ from dart_core.training import (  # noqa: E402
     save_checkpoint,
     seed_everything,
     seed_rank,
-    teardown_distributed,
     train_epoch,
 )
 from dart_core.training.arguments import DART_MODEL_FLAGS  # noqa: E402
@@ -526,39 +526,40 @@ def main(argv: list[str] | None = None) -> dict:
         os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
         torch.use_deterministic_algorithms(True)
     ctx = init_distributed(args.device)
-    ok = False
     try:
-        source = checkpoint_source(args)
-        if source is not None:
-            ckpt = load_checkpoint(source)
-            if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
-                adopt_model_args(args, ckpt, source, given_flags(args, argv))
-            del ckpt  # Trainer.load / weights_from read it again: no second copy stays in memory
-        seed_everything(args.seed)  # identical model initialisation on every rank
-        val_ds = image_folder(args.data_dir, "val", None)
-        train_ds = None
-        if not args.eval:
-            train_ds = image_folder(args.data_dir, "train", None)
-            check_same_classes(train_ds, val_ds)
-        model = build_model(args, len(val_ds.classes)).to(ctx.device)
-        input_size = args.input_size or default_input_size(model)
-        check_input_size(model, input_size, ctx.device, args.model)
-        train_tf, eval_tf = build_transforms(args, input_size)
-        val_ds.transform = eval_tf
-        if ctx.is_main:
-            os.makedirs(args.output_dir, exist_ok=True)
-        logger = JsonlLogger(os.path.join(args.output_dir, "log.jsonl"), enabled=ctx.is_main)
-        if args.eval:
-            result = evaluate_only(args, ctx, model, val_ds, input_size, logger)
-            ok = True
-            return result
-        train_ds.transform = train_tf
-        result = train(args, ctx, model, train_ds, val_ds, logger, source)
-        ok = True
-        return result
+        with leaving_process_group():
+            return train_or_evaluate(args, argv, ctx)
     finally:
-        teardown_distributed(wait=ok)
         torch.use_deterministic_algorithms(was_deterministic)
+
+
+def train_or_evaluate(args: argparse.Namespace, argv: list[str] | None, ctx: DistContext) -> dict:
+    """Build the data and the model (adopting a checkpoint's model settings), then train, or with
+    ``--eval`` evaluate; returns the final metrics."""
+    source = checkpoint_source(args)
+    if source is not None:
+        ckpt = load_checkpoint(source)
+        if isinstance(ckpt, dict) and ckpt.get("format") == CHECKPOINT_FORMAT:
+            adopt_model_args(args, ckpt, source, given_flags(args, argv))
+        del ckpt  # Trainer.load / weights_from read it again: no second copy stays in memory
+    seed_everything(args.seed)  # identical model initialisation on every rank
+    val_ds = image_folder(args.data_dir, "val", None)
+    train_ds = None
+    if not args.eval:
+        train_ds = image_folder(args.data_dir, "train", None)
+        check_same_classes(train_ds, val_ds)
+    model = build_model(args, len(val_ds.classes)).to(ctx.device)
+    input_size = args.input_size or default_input_size(model)
+    check_input_size(model, input_size, ctx.device, args.model)
+    train_tf, eval_tf = build_transforms(args, input_size)
+    val_ds.transform = eval_tf
+    if ctx.is_main:
+        os.makedirs(args.output_dir, exist_ok=True)
+    logger = JsonlLogger(os.path.join(args.output_dir, "log.jsonl"), enabled=ctx.is_main)
+    if args.eval:
+        return evaluate_only(args, ctx, model, val_ds, input_size, logger)
+    train_ds.transform = train_tf
+    return train(args, ctx, model, train_ds, val_ds, logger, source)
 
 
 def checkpoint_problem(error: CheckpointError | CheckpointMismatchError) -> str:

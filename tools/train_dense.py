@@ -19,7 +19,7 @@ import inspect
 import os.path as osp
 
 import torch
-from dart_core.training import teardown_distributed
+from dart_core.training import leaving_process_group
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
@@ -114,16 +114,10 @@ def main(argv=None) -> dict | None:
         raise ValueError("--val/--test evaluate a checkpoint: pass --load-from CKPT (or set load_from in the config)")
     if args.launcher == "pytorch" and not torch.cuda.is_available():
         init_cpu_distributed(cfg)
-    ok = False
-    try:
-        result = run(cfg, args)
-        ok = True
-        return result
-    finally:
-        # Leave the process group and let gloo's worker threads settle before the interpreter
-        # shuts down, or a rank can abort at exit (teardown_distributed says why). After an error,
-        # do not wait for the other ranks (they may be inside a collective); torchrun stops them.
-        teardown_distributed(wait=ok)
+    # Leave the process group and let gloo's worker threads settle before the interpreter shuts
+    # down, or a rank can abort at exit (teardown_distributed says why).
+    with leaving_process_group():
+        return run(cfg, args)
 
 
 def run(cfg: Config, args: argparse.Namespace) -> dict | None:

@@ -37,9 +37,9 @@ from dart_core.training import (
     count_flops,
     count_params,
     init_distributed,
+    leaving_process_group,
     load_checkpoint,
     seed_everything,
-    teardown_distributed,
 )
 from dart_core.visualize import partition_overview, save_png
 
@@ -132,12 +132,10 @@ def session(config: TrainConfig) -> Iterator[DistContext]:
         torch.use_deterministic_algorithms(was_deterministic)
         torch.set_num_threads(threads)
         raise CommandError(str(error)) from error
-    ok = False
     try:
-        yield ctx
-        ok = True
+        with leaving_process_group():
+            yield ctx
     finally:
-        teardown_distributed(wait=ok)
         torch.use_deterministic_algorithms(was_deterministic)
         torch.set_num_threads(threads)
 

@@ -9,6 +9,7 @@ from .distributed import (
     all_gather_objects,
     all_reduce_sum,
     init_distributed,
+    leaving_process_group,
     seed_rank,
     teardown_distributed,
 )
@@ -32,6 +33,7 @@ __all__ = [
     "count_flops",
     "count_params",
     "init_distributed",
+    "leaving_process_group",
     "load_checkpoint",
     "optimizer_update",
     "read_jsonl",

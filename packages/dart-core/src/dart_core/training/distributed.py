@@ -11,6 +11,8 @@ from __future__ import annotations
 import gc
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,6 +97,18 @@ def teardown_distributed(wait: bool = True) -> None:
         dist.destroy_process_group()
         gc.collect()
         time.sleep(BACKEND_SETTLE_SECONDS)
+
+
+@contextmanager
+def leaving_process_group() -> Iterator[None]:
+    """Leave the process group (if one was created) when the block ends: after waiting for the
+    other ranks when it ends normally, at once when it raises (see ``teardown_distributed``)."""
+    finished = False
+    try:
+        yield
+        finished = True
+    finally:
+        teardown_distributed(wait=finished)
 
 
 def seed_rank(seed: int, rank: int) -> int:
