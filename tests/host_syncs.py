@@ -29,6 +29,15 @@ def host_to_device(func, args: tuple, kwargs: dict) -> bool:
     return isinstance(source, torch.Tensor) and source.device.type == "cpu" and torch.device(target).type != "cpu"
 
 
+def host_operand(args: tuple, kwargs: dict) -> bool:
+    """Whether an op mixes a CPU tensor with more than one element (an index list, a table) into an
+    op on another device. CUDA copies such an operand over before the kernel runs; one-element CPU
+    tensors are read on the host as scalars and are not copies."""
+    tensors = [arg for arg in tree_flatten((args, kwargs))[0] if isinstance(arg, torch.Tensor)]
+    on_device = any(tensor.device.type != "cpu" for tensor in tensors)
+    return on_device and any(tensor.device.type == "cpu" and tensor.numel() > 1 for tensor in tensors)
+
+
 class HostSyncs(TorchDispatchMode):
     """Counts the ops that would synchronise on CUDA, by reason and by the DART source line.
 
@@ -52,6 +61,8 @@ class HostSyncs(TorchDispatchMode):
             reason = "a boolean-mask index (nonzero inside)"
         if func in COPIES and host_to_device(func, args, kwargs or {}):
             reason = "a copy from host memory to the device"
+        elif self.device != "cpu" and host_operand(args, kwargs or {}):
+            reason = "a host tensor as an operand of a device op (an implicit copy on CUDA)"
         if reason:
             frames = [frame for frame in traceback.extract_stack() if "/dart_" in frame.filename]
             where = f"{frames[-1].filename.rsplit('/src/', 1)[-1]}:{frames[-1].lineno}" if frames else "outside DART"

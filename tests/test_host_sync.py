@@ -78,3 +78,17 @@ def test_the_watcher_sees_each_kind_of_sync():
         "a tensor built from a Python list or literal (a blocking copy on CUDA)",
         "a copy from host memory to the device", "a copy from host memory to the device",
     ]), dict(watch.found)
+
+
+def test_the_meta_watcher_sees_host_operands_of_device_ops():
+    """On the meta device (the GPU's stand-in), a CPU index list used on a device tensor is an
+    implicit host-to-device copy on CUDA; a one-element CPU tensor (read as a scalar) is not."""
+    index, scalar = torch.arange(3), torch.tensor(2.0)
+    table = torch.empty(4, 2, device="meta")
+    with HostSyncs("meta") as watch:
+        table[index]
+        table.index_select(0, index)
+        table * scalar
+        table[torch.arange(3, device="meta")]
+    assert sum(watch.found.values()) == 2, dict(watch.found)
+    assert all(key.startswith("a host tensor as an operand") for key in watch.found), dict(watch.found)
