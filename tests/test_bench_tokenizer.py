@@ -52,3 +52,35 @@ def test_the_gemm_floor_is_the_three_projection_products_of_a_dart_step():
     with FlopCounterMode(display=False) as step:
         tokenizer.embed.project(patches.view(batch, 16, 3, 16, 16)).sum().backward()
     assert floor.get_total_flops() == step.get_total_flops() == 3 * 2 * (batch * 16) * dim * (3 * 16 * 16)
+
+
+def test_the_streaming_floor_moves_the_sampler_bytes_of_a_step_besides_the_gemms():
+    """Outside its matrix products the streaming floor reads the images twice, writes the patches and
+    reads a patch gradient: 2 × image bytes + 2 × patch bytes, counted on every op's tensors."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils._pytree import tree_flatten
+
+    class NonGemmBytes(TorchDispatchMode):
+        def __init__(self):
+            super().__init__()
+            self.bytes = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            out = func(*args, **(kwargs or {}))
+            moves_bytes = not func.is_view  # a view (the GEMMs' transposes) reads and writes nothing
+            if moves_bytes and func not in (torch.ops.aten.mm.default, torch.ops.aten.addmm.default):
+                tensors = [t for t in tree_flatten((args, kwargs, out))[0] if isinstance(t, torch.Tensor)]
+                # an in-place op's output is its input: count that tensor once
+                self.bytes += sum({id(t): t.numel() * t.element_size() for t in tensors}.values())
+            return out
+
+    batch, grid, dim = 2, (4, 4), 8
+    tokenizer = bench_tokenizer.DARTTokenizer(dim, grid, bench_tokenizer.LearnedScores(grid))
+    images = torch.randn(batch, 3, 2 * 16 * grid[0], 2 * 16 * grid[1])
+    patches = batch * 16 * 3 * 16 * 16 * 4
+    run = bench_tokenizer.projection_gemms_and_sampler_traffic(tokenizer, images)
+    with NonGemmBytes() as counter:
+        run()
+    scalars = 3 * 4  # the three sums' one-element results
+    assert counter.bytes == 2 * images.numel() * 4 + 2 * patches + scalars

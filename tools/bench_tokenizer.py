@@ -164,6 +164,23 @@ def projection_gemms(tokenizer: DARTTokenizer, images: torch.Tensor) -> Callable
     return run
 
 
+def projection_gemms_and_sampler_traffic(tokenizer: DARTTokenizer, images: torch.Tensor) -> Callable[[], None]:
+    """The GEMM floor plus the bytes any sampler moves in a training step, at streaming speed: the
+    images read in the forward and again in the backward, the patches written, the patch gradient
+    read. No sampler can take less time than these passes; 1.5x needs DART's whole step near it."""
+    gemms = projection_gemms(tokenizer, images)
+    weight = tokenizer.embed.proj.weight
+    patches = torch.empty(images.shape[0] * tokenizer.embed.num_tokens, weight[0].numel(), device=images.device)
+
+    def run() -> None:
+        gemms()
+        images.sum()  # the forward's reads
+        patches.fill_(1.0)  # the patches written
+        images.sum()  # the backward's reads
+        patches.sum()  # the patch gradient read
+    return run
+
+
 def with_pytorch_kernels(step: Callable[[], None]) -> Callable[[], None]:
     """The same step with the PyTorch CPU paths instead of the compiled kernels (no C compiler)."""
     def run() -> None:
@@ -282,6 +299,8 @@ def run(args) -> dict:
         if key == "dart":
             timed("  floor: its 3 projection GEMMs alone", train_step(base, small),
                   projection_gemms(tokenizers[key], large), repeats)
+            timed("  floor: the GEMMs + the sampler's bytes streamed", train_step(base, small),
+                  projection_gemms_and_sampler_traffic(tokenizers[key], large), repeats)
         if device.type == "cpu" and key == "dart" and native.available():
             timed("  the same, PyTorch CPU path (no C compiler)", train_step(base, small),
                   with_pytorch_kernels(train_step(tokenizers[key], large)), repeats)
