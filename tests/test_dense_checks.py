@@ -123,3 +123,24 @@ def test_random_frozen_scorer_is_flagged_until_a_checkpoint_loads(seg_root, tmp_
     with warnings.catch_warnings():
         warnings.simplefilter("error")
         warn_if_random_frozen_backbone(fresh.warp.scorer.backbone)
+
+
+def test_a_backbone_weights_file_is_read_by_dart_and_must_cover_the_backbone(tmp_path):
+    """TimmFeatures reads ``weights`` with DART's weights-only loader and refuses a file that leaves
+    backbone layers at their initialisation (timm alone loads features models non-strictly)."""
+    import timm
+    from dart_core.checkpoint import CheckpointMismatchError
+    from dart_dense.backbone import TimmFeatures
+
+    torch.manual_seed(1)
+    state = timm.create_model("resnet10t").state_dict()
+    path = tmp_path / "resnet10t.pth"
+    torch.save(state, path)
+    torch.manual_seed(2)
+    backbone = TimmFeatures("resnet10t", out_indices=(1, 2), weights=path)
+    own = backbone.net.state_dict()
+    assert own and all(torch.equal(value, state[key]) for key, value in own.items())
+    assert backbone.channels == [64, 128] and backbone.strides == [4, 8]
+    torch.save({key: value for key, value in state.items() if not key.startswith("layer2.")}, path)
+    with pytest.raises(CheckpointMismatchError, match="layer2.0.conv1.weight"):
+        TimmFeatures("resnet10t", out_indices=(1, 2), weights=path)

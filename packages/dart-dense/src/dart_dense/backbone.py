@@ -8,6 +8,7 @@ from collections.abc import Sequence
 import timm
 import torch
 import torch.nn as nn
+from dart_core.pretrained import timm_model_from_file
 
 
 class TimmFeatures(nn.Module):
@@ -19,7 +20,8 @@ class TimmFeatures(nn.Module):
     Args:
         name: a timm model name.
         out_indices: the feature levels to return.
-        weights: a local weights file (``pretrained_cfg_overlay=dict(file=...)``); no downloads.
+        weights: a local weights file for the timm model (read weights-only, every backbone key
+            required: :func:`dart_core.pretrained.timm_model_from_file`); no downloads.
         **kwargs: passed to ``timm.create_model`` (e.g. ``img_size`` for Swin).
 
     Attributes:
@@ -35,9 +37,8 @@ class TimmFeatures(nn.Module):
         **kwargs,
     ):
         super().__init__()
-        if weights is not None:
-            kwargs.update(pretrained=True, pretrained_cfg_overlay=dict(file=str(weights)))
-        self.net = timm.create_model(name, features_only=True, out_indices=tuple(out_indices), **kwargs)
+        kwargs.update(features_only=True, out_indices=tuple(out_indices))
+        self.net = timm.create_model(name, **kwargs) if weights is None else timm_model_from_file(name, weights, **kwargs)
         self.channels = list(self.net.feature_info.channels())
         self.strides = list(self.net.feature_info.reduction())
         self.channels_last = str(getattr(self.net, "output_fmt", "NCHW")).endswith("NHWC")
