@@ -28,6 +28,7 @@ from dart_core.training import (
     read_jsonl,
     restore_rng_state,
     save_checkpoint,
+    save_last_and_best,
     seed_rank,
     seeded_rng,
     teardown_distributed,
@@ -464,3 +465,36 @@ def test_resume_auto_needs_every_process_to_see_the_same_last_checkpoint(tmp_pat
         checkpoint.resume_path("auto", str(tmp_path))
     monkeypatch.setattr(checkpoint, "all_gather_objects", lambda seen: [True, True])
     assert checkpoint.resume_path("auto", str(tmp_path)) == str(tmp_path / "last.pth")
+
+
+class Killed(Exception):
+    """Stands for the process dying in the middle of a save."""
+
+
+@pytest.mark.parametrize("writes_before_the_kill", [0, 1, 2])
+def test_a_kill_during_an_epoch_end_save_never_leaves_best_pth_worse_than_last_pth_records(
+        writes_before_the_kill, tmp_path, monkeypatch):
+    """``last.pth`` records the best score and a resumed run writes ``best.pth`` only when it beats
+    it: after a kill at any point, ``best.pth`` must hold a model scoring at least that record."""
+    import dart_core.training.checkpoint as checkpoint
+
+    save_last_and_best({"best_top1": 10.0, "top1": 10.0}, tmp_path, best=True)  # epoch 0
+    real_save, writes = checkpoint.save_checkpoint, []
+
+    def dying_save(obj, path):
+        if len(writes) == writes_before_the_kill:
+            raise Killed
+        writes.append(os.path.basename(path))
+        real_save(obj, path)
+
+    monkeypatch.setattr(checkpoint, "save_checkpoint", dying_save)
+    with contextlib.suppress(Killed):
+        save_last_and_best({"best_top1": 20.0, "top1": 20.0}, tmp_path, best=True)  # epoch 1 improves
+    record = load_checkpoint(tmp_path / "last.pth")["best_top1"]
+    assert load_checkpoint(tmp_path / "best.pth")["top1"] >= record
+    assert writes == ["best.pth", "last.pth"][:writes_before_the_kill]
+
+
+def test_an_epoch_that_does_not_improve_writes_last_pth_only(tmp_path):
+    save_last_and_best({"step": 1}, tmp_path)
+    assert sorted(os.listdir(tmp_path)) == ["last.pth"]

@@ -67,7 +67,7 @@ from dart_core.training import (  # noqa: E402
     resume_optimizer,
     resume_path,
     resume_scaler,
-    save_checkpoint,
+    save_last_and_best,
     seed_everything,
     seed_rank,
     train_epoch,
@@ -359,11 +359,10 @@ class Trainer:
             "args": plain_args(self.args),
         }
 
-    def save(self, classes: list[str], names: tuple[str, ...] = ("last.pth",)) -> None:
+    def save(self, classes: list[str], best: bool = False) -> None:
         state = self.state_dict(classes)
         if self.ctx.is_main:
-            for name in names:
-                save_checkpoint(state, os.path.join(self.args.output_dir, name))
+            save_last_and_best(state, self.args.output_dir, best)
 
     def load(self, path: str, num_classes: int) -> None:
         ckpt = load_checkpoint(path)
@@ -486,7 +485,7 @@ def train(args, ctx: DistContext, model, train_ds, val_ds, logger: JsonlLogger, 
             stats.update({f"ema_{k}": v for k, v in evaluate(trainer.ema.module, val_loader, args, ctx,
                                                             num_classes).items()})
         trainer.epoch, trainer.step_in_epoch = epoch + 1, 0
-        trainer.save(train_ds.classes, ("last.pth", "best.pth") if improved else ("last.pth",))
+        trainer.save(train_ds.classes, best=improved)
         record = dict(event="epoch", epoch=epoch, global_step=trainer.global_step,
                       train_loss=trainer.epoch_loss.mean, best_top1=trainer.best_top1, **stats)
         logger.log(**record)

@@ -35,7 +35,7 @@ from dart_core.training import (
     resume_optimizer,
     resume_path,
     resume_scaler,
-    save_checkpoint,
+    save_last_and_best,
     seed_rank,
     train_epoch,
 )
@@ -223,9 +223,7 @@ class Trainer:
     def save(self, out: str, classes: Sequence[str], best: bool = False) -> None:
         state = self.state(classes)
         if self.ctx.is_main:
-            save_checkpoint(state, os.path.join(out, "last.pth"))
-            if best:
-                save_checkpoint(state, os.path.join(out, "best.pth"))
+            save_last_and_best(state, out, best)
 
     def load(self, path: str) -> None:
         ckpt = load_checkpoint(path)

@@ -2,7 +2,14 @@
 resumable seeded data order, the steps of a resumable epoch, JSON-lines logs, torchrun setup
 and FLOP counting."""
 
-from .checkpoint import SAFE_GLOBALS, CheckpointError, load_checkpoint, resume_path, save_checkpoint
+from .checkpoint import (
+    SAFE_GLOBALS,
+    CheckpointError,
+    load_checkpoint,
+    resume_path,
+    save_checkpoint,
+    save_last_and_best,
+)
 from .data import EpochSampler, SeededDataset, sample_seed
 from .distributed import (
     DistContext,
@@ -43,6 +50,7 @@ __all__ = [
     "resume_path",
     "sample_seed",
     "save_checkpoint",
+    "save_last_and_best",
     "seed_everything",
     "seed_rank",
     "seeded_rng",

@@ -121,6 +121,21 @@ def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
     _remove_stale_temporaries(path)
 
 
+def save_last_and_best(obj: Any, output_dir: str | os.PathLike, best: bool = False) -> None:
+    """Write ``output_dir/last.pth``, and before it ``best.pth`` when ``obj`` is a new best
+    (each atomically).
+
+    ``last.pth`` records the best score, and a resumed run only writes ``best.pth`` on a further
+    improvement. Written the other way round, a run killed between the two files would resume
+    believing ``best.pth`` held the new best while it held an older model, or none. In this
+    order a kill in between resumes from the previous ``last.pth``, re-runs that evaluation and
+    writes ``best.pth`` again.
+    """
+    if best:
+        save_checkpoint(obj, os.path.join(output_dir, "best.pth"))
+    save_checkpoint(obj, os.path.join(output_dir, "last.pth"))
+
+
 
 def resume_path(resume: str | None, output_dir: str) -> str | None:
     """The checkpoint a ``--resume`` value names: ``"auto"`` is ``output_dir/last.pth`` when it
