@@ -288,3 +288,14 @@ def test_checkpoints_that_would_run_code_are_refused(tmp_path):
         read_state_dict(path)
     with pytest.raises(CheckpointError, match="does not exist"):
         read_state_dict(tmp_path / "missing.pth")
+
+
+@pytest.mark.parametrize("name", ["deit_tiny_dart_patch16_448", "vim_tiny_dart_patch16_224",
+                                  "videomamba_tiny_dart_patch16_224"])
+def test_an_empty_batch_gives_empty_logits_like_a_stock_timm_model(name):
+    from tiny_dart_models import tiny_dart_model
+
+    stock = timm.create_model("vit_tiny_patch16_224", img_size=64, depth=1, num_classes=5).eval()
+    model, inputs = tiny_dart_model(name)
+    with torch.no_grad():
+        assert model.eval()(inputs[:0]).shape == stock(torch.zeros(0, 3, 64, 64)).shape == (0, 5)

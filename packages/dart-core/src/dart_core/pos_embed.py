@@ -46,7 +46,7 @@ def resample_pos_embed(pos_grid: torch.Tensor, partition: Partition) -> torch.Te
         weights = overlap_average_weights(partition.row_edges * height, height, row_overlap_normaliser).to(work.dtype)
         table = work.flatten(2)  # (1 or B, h, w * D)
         rows = weights @ (table[0] if shared == 1 else table)  # (B, R, w * D)
-        strip = rows.reshape(batch, -1, dim)  # (B, R * w, D)
+        strip = rows.reshape(batch, rows.shape[1] * width, dim)  # (B, R * w, D)
         # Tokens: N × R·w would be large and mostly zero; the running integral is O(R·w + N).
         token_edges = partition.token_edges.to(work.dtype) * width
         return interval_average(strip, token_edges, token_overlap_normaliser).to(pos_grid.dtype)
