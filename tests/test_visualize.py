@@ -301,3 +301,18 @@ def test_python_dash_m_runs_the_cli(tmp_path, capsys, monkeypatch):
         runpy.run_module("dart_core", run_name="__main__")
     assert exit_info.value.code == 1
     assert "dart-core: error: image file not found" in capsys.readouterr().err
+
+
+def test_cli_feeds_a_checkpoint_the_input_size_its_model_was_built_for(tmp_path, capsys):
+    """A DeiT-DART trained at 224 (``--model-kwargs '{img_size: 224}'``): timm's pretrained config
+    says 448, the model's tokenizer takes 224 only."""
+    source = timm.create_model(DEFAULT_MODEL, depth=1, num_classes=2, img_size=224)
+    checkpoint = tmp_path / "last.pth"
+    args = {"model": DEFAULT_MODEL, "model_kwargs": {"depth": 1, "img_size": 224}}
+    torch.save({"format": "dart-pretrain-1", "model_name": DEFAULT_MODEL, "model": source.state_dict(),
+                "classes": ["a", "b"], "args": args}, checkpoint)
+    image = tmp_path / "small.png"
+    Image.fromarray(np.random.default_rng(0).integers(0, 256, (40, 50, 3), dtype=np.uint8)).save(image)
+    assert main(["visualize", str(image), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o.png")]) == 0, \
+        capsys.readouterr().err
+    assert "on a 224x224 input" in capsys.readouterr().err

@@ -47,6 +47,7 @@ from dart_core.checkpoint import (  # noqa: E402
     load_exact,
     read_state_dict,
 )
+from dart_core.models import built_data_config  # noqa: E402
 from dart_core.scorers import random_backbone_warning_deferred  # noqa: E402
 from dart_core.training import (  # noqa: E402
     CheckpointError,
@@ -131,10 +132,7 @@ def build_model(args, num_classes: int) -> torch.nn.Module:
 
 def default_input_size(model: torch.nn.Module) -> int:
     """The side the model was built for: its patch embedding's img_size, else its pretrained cfg."""
-    size = getattr(getattr(model, "patch_embed", None), "img_size", None)
-    if size is not None:
-        return int(size[0]) if isinstance(size, (tuple, list)) else int(size)
-    return int(timm.data.resolve_model_data_config(model)["input_size"][-1])
+    return built_data_config(model)["input_size"][-1]
 
 
 @torch.no_grad()

@@ -25,9 +25,10 @@ from typing import Any
 import timm
 import torch
 from PIL import Image, UnidentifiedImageError
-from timm.data import create_transform, resolve_data_config
+from timm.data import create_transform
 
 from .checkpoint import convert_published_state_dict, load_exact, state_dict_in
+from .models.data_config import built_data_config
 from .sampling import sample_patches
 from .tokenizer import DART
 from .training.arguments import DART_MODEL_FLAGS
@@ -136,7 +137,7 @@ def build_model(
 def visualize(args: argparse.Namespace) -> None:
     image = load_image(args.image)
     model = build_model(args.model, args.checkpoint, args.num_tokens, args.scorer_weights)
-    config = resolve_data_config({}, model=model)
+    config = built_data_config(model)
     inputs = create_transform(**config, is_training=False)(image).unsqueeze(0)
     tokenizer: DART = model.patch_embed
     with torch.no_grad():
