@@ -125,13 +125,42 @@ def test_config_trains_checkpoints_resumes_and_evaluates(seg_root, tmp_path):
     train_dense.main(tiny_options(seg_root, work, 4) + ["--resume"])
     resumed = load_local_checkpoint(osp.join(work, "iter_4.pth"))
     assert resumed["meta"]["iter"] == 4
-    assert any(not torch.equal(resumed["state_dict"][k], v) for k, v in state["state_dict"].items())
+    # exactly where an uninterrupted run gets: the same batches, flips and dropout masks
+    train_dense.main(tiny_options(seg_root, str(tmp_path / "straight"), 4))
+    straight = load_local_checkpoint(str(tmp_path / "straight" / "iter_4.pth"))["state_dict"]
+    assert any(not torch.equal(straight[k], v) for k, v in state["state_dict"].items())
+    assert [k for k, v in straight.items() if not torch.equal(resumed["state_dict"][k], v)] == []
     metrics = train_dense.main(tiny_options(seg_root, str(tmp_path / "test"), 4)
                                + ["--test", "--load-from", osp.join(work, "iter_4.pth")])
     assert set(metrics) >= {"seg/mIoU", "seg/aAcc"} and 0 <= metrics["seg/mIoU"] <= 100
     val = train_dense.main(tiny_options(seg_root, str(tmp_path / "val"), 4)
                            + ["--val", "--load-from", osp.join(work, "iter_4.pth")])
     assert val == metrics  # validation and test sets are the same folder here
+
+
+def test_a_save_killed_midway_leaves_no_checkpoint_and_resume_continues_from_the_last_one(
+        seg_root, tmp_path, monkeypatch):
+    import mmengine.runner.runner as mmengine_runner
+
+    work = str(tmp_path / "work")
+    train_dense.main(tiny_options(seg_root, work, 2))
+    before = open(osp.join(work, "iter_2.pth"), "rb").read()
+    real_save, saved = mmengine_runner.save_checkpoint, []
+
+    def killed_while_writing_iter_4(checkpoint, path, *args, **kwargs):
+        saved.append(osp.basename(path).split(".pth")[0])
+        if saved[-1] != "iter_4":
+            return real_save(checkpoint, path, *args, **kwargs)
+        with open(path, "wb") as f:
+            f.write(b"torn")  # what a kill in the middle of torch.save leaves
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(mmengine_runner, "save_checkpoint", killed_while_writing_iter_4)
+    with pytest.raises(KeyboardInterrupt):
+        train_dense.main(tiny_options(seg_root, work, 4) + ["--resume"])
+    # resumed at iteration 2 (a fresh start would save iter_2 again), and the torn file never took the name
+    assert saved == ["iter_4"] and open(osp.join(work, "iter_2.pth"), "rb").read() == before
+    assert not osp.exists(osp.join(work, "iter_4.pth")) and not glob.glob(osp.join(work, "*.tmp"))
 
 
 def test_loader_keeps_weights_only_and_names_unsafe_files(tmp_path):
@@ -182,7 +211,8 @@ def test_segmentor_predicts_label_maps_in_original_coordinates():
 
 @pytest.mark.slow
 def test_torchrun_two_processes_on_cpu(seg_root, tmp_path):
-    """Distributed training through torchrun (gloo on the CPU): both ranks train, rank 0 saves and validates."""
+    """Distributed training through torchrun (gloo on the CPU): both ranks train, rank 0 saves (with
+    both ranks' generator states) and validates."""
     import subprocess
     work = str(tmp_path / "dist")
     torchrun = osp.join(osp.dirname(sys.executable), "torchrun")
@@ -193,6 +223,8 @@ def test_torchrun_two_processes_on_cpu(seg_root, tmp_path):
     assert done.returncode == 0, (done.stdout + done.stderr)[-4000:]
     assert "Distributed training: True" in done.stdout + done.stderr
     assert osp.isfile(osp.join(work, "iter_2.pth")) and "seg/mIoU" in done.stdout + done.stderr
+    from dart_dense.checkpoint import RNG_KEY, load_local_checkpoint
+    assert len(load_local_checkpoint(osp.join(work, "iter_2.pth"))[RNG_KEY]) == 2  # each rank's generators
 
 
 @pytest.fixture

@@ -5,6 +5,7 @@ and FLOP counting."""
 from .checkpoint import (
     SAFE_GLOBALS,
     CheckpointError,
+    atomic_path,
     load_checkpoint,
     resume_path,
     save_checkpoint,
@@ -36,6 +37,7 @@ __all__ = [
     "SeededDataset",
     "all_gather_objects",
     "all_reduce_sum",
+    "atomic_path",
     "capture_rng_state",
     "count_flops",
     "count_params",

@@ -16,12 +16,13 @@ any the caller names. Anything else is refused with an error naming the class.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import pickle
 import re
 import secrets
 import time
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 import torch
@@ -100,18 +101,28 @@ def _remove_stale_temporaries(path: str) -> None:
 
 
 def save_checkpoint(obj: Any, path: str | os.PathLike) -> None:
-    """Atomically write ``obj`` with ``torch.save`` to ``path`` (parent directories are created),
-    with the permissions a plain ``open()`` would give, removing stale temporaries of earlier
-    killed saves to the same path."""
+    """Atomically write ``obj`` with ``torch.save`` to ``path`` (see :func:`atomic_path`)."""
+    with atomic_path(path) as temporary, open(temporary, "wb") as f:
+        torch.save(obj, f)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str | os.PathLike) -> Iterator[str]:
+    """A fresh temporary file next to ``path`` for the block to write (by name, for writers that
+    open files themselves, such as mmengine's); when the block ends, the file is flushed to disk
+    and renamed to ``path``, then the directory entry is flushed, so a reader only ever sees the
+    old file or the complete new one. Parent directories are created; the file gets the
+    permissions a plain ``open()`` would give; stale temporaries that earlier killed writes to
+    ``path`` left behind are removed. If the block raises, the temporary is deleted."""
     path = os.fspath(path)
     directory = os.path.dirname(os.path.abspath(path))
     os.makedirs(directory, exist_ok=True)
     fd, tmp = _create_temp(directory, os.path.basename(path))
+    os.close(fd)
     try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(obj, f)
-            f.flush()
-            os.fsync(f.fileno())
+        yield tmp
+        with open(tmp, "rb") as written:
+            os.fsync(written.fileno())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
