@@ -30,11 +30,11 @@ def test_evaluation_loads_the_checkpoint_strictly(seg_root, tmp_path, capsys):
     torch.save({"state_dict": partial}, path)
     options = tiny_options(seg_root, str(tmp_path / "eval"), 2)
     for mode in ("--val", "--test"):
-        with pytest.raises(RuntimeError, match="does not fit the config's model") as error:
+        with pytest.raises(train_dense.UsageError, match="does not fit the config's model") as error:
             train_dense.main(options + [mode, "--load-from", path])
         assert path in str(error.value) and "bogus.weight" in str(error.value)
         assert all(key in str(error.value) for key in head if "num_batches_tracked" not in key)
-    with pytest.raises(ValueError, match="pass --load-from"):
+    with pytest.raises(train_dense.UsageError, match="pass --load-from"):
         train_dense.main(options + ["--val"])
     # Training only initialises from it, and names the keys it skipped.
     train_dense.main(tiny_options(seg_root, str(tmp_path / "train"), 1) + ["--load-from", path])
@@ -144,3 +144,29 @@ def test_a_backbone_weights_file_is_read_by_dart_and_must_cover_the_backbone(tmp
     torch.save({key: value for key, value in state.items() if not key.startswith("layer2.")}, path)
     with pytest.raises(CheckpointMismatchError, match="layer2.0.conv1.weight"):
         TimmFeatures("resnet10t", out_indices=(1, 2), weights=path)
+
+
+class Untrusted:
+    def __reduce__(self):
+        return (print, ("this would run on load",))
+
+
+def test_user_errors_are_one_line_on_the_command_line(seg_root, tmp_path, monkeypatch, capsys):
+    import sys
+
+    options = tiny_options(seg_root, str(tmp_path / "work"), 1)
+    torch.save({"state_dict": {}, "extra": Untrusted()}, tmp_path / "evil.pth")
+    cases = [
+        (["no_such_config.py"], "config file not found: no_such_config.py"),
+        ([*options, "--test"], "--val/--test evaluate a checkpoint: pass --load-from"),
+        ([*options, "--test", "--load-from", str(tmp_path / "evil.pth")], "is not a weights-only checkpoint"),
+        ([*options, "--load-from", str(tmp_path / "nope.pth")], "nope.pth can not be found"),
+        ([*options, "model.warp.gird=(4,4)"], "the config does not build: "),
+    ]
+    for argv, message in cases:
+        monkeypatch.setattr(sys, "argv", ["train_dense.py", *argv])
+        with pytest.raises(SystemExit) as exit_info:
+            train_dense.cli()
+        err = capsys.readouterr().err.strip().splitlines()
+        assert exit_info.value.code == 1 and err[-1].startswith("train_dense: error: "), (argv, err[-3:])
+        assert message in err[-1] and not any(line.startswith("Traceback") for line in err), (argv, err[-3:])

@@ -134,6 +134,20 @@ def test_eval_and_visualize_ignore_the_run_s_weight_files(ssv2, trained, tmp_pat
     assert png.is_file()
 
 
+class Untrusted:
+    def __reduce__(self):
+        return (print, ("this would run on load",))
+
+
+def test_a_checkpoint_that_would_run_code_is_refused_in_command_line_terms(ssv2, tmp_path):
+    """The library's advice (``extra_safe_globals``) is no use on a command line."""
+    torch.save({"model": {}, "extra": Untrusted()}, tmp_path / "evil.pth")
+    with pytest.raises(CommandError) as info:
+        evaluate(ssv2, tmp_path / "evil.pth")
+    assert "holds builtins.print; dart-video loads checkpoints weights-only" in str(info.value)
+    assert "Re-save it with plain tensors" in str(info.value) and "extra_safe_globals" not in str(info.value)
+
+
 def test_visualize_reports_a_mismatched_checkpoint(ssv2, trained, tmp_path):
     with pytest.raises(CommandError, match="does not fit the model"):
         run(["visualize", str(ssv2 / "videos" / "200.webm"), "--checkpoint", str(trained / "last.pth"),

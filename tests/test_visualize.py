@@ -278,6 +278,11 @@ def test_cli_builds_the_model_a_pretrain_checkpoint_describes(tmp_path, capsys, 
     assert f"holds a '{DEFAULT_MODEL}' model, not '{other}'" in capsys.readouterr().err
 
 
+class Untrusted:
+    def __reduce__(self):
+        return (print, ("this would run on load",))
+
+
 def test_cli_errors_are_clear(tmp_path, capsys):
     missing = tmp_path / "nope.png"
     assert main(["visualize", str(missing)]) == 1
@@ -292,6 +297,11 @@ def test_cli_errors_are_clear(tmp_path, capsys):
     assert "unknown model 'resnet18'" in err and DEFAULT_MODEL in err
     assert main(["visualize", str(tmp_path / "ok.png"), "--checkpoint", str(tmp_path / "none.pth")]) == 1
     assert "checkpoint file not found" in capsys.readouterr().err
+    torch.save({"model": {}, "extra": Untrusted()}, tmp_path / "evil.pth")
+    assert main(["visualize", str(tmp_path / "ok.png"), "--checkpoint", str(tmp_path / "evil.pth")]) == 1
+    err = capsys.readouterr().err
+    assert "holds builtins.print; dart-core loads checkpoints weights-only" in err
+    assert "extra_safe_globals" not in err
     assert not os.path.exists("ok_dart.png")
 
 

@@ -43,6 +43,7 @@ import torch  # noqa: E402
 import torch.nn.functional as F  # noqa: E402
 from dart_core.checkpoint import (  # noqa: E402
     CheckpointMismatchError,
+    checkpoint_problem,
     convert_published_state_dict,
     load_exact,
     read_state_dict,
@@ -559,25 +560,15 @@ def train_or_evaluate(args: argparse.Namespace, argv: list[str] | None, ctx: Dis
     return train(args, ctx, model, train_ds, val_ds, logger, source)
 
 
-def checkpoint_problem(error: CheckpointError | CheckpointMismatchError) -> str:
-    """One line for the user of the command line (who cannot pass ``extra_safe_globals``)."""
-    if isinstance(error, CheckpointMismatchError):
-        findings = [line.strip() for line in str(error).splitlines()[:-1]]  # the last line is library advice
-        return "; ".join([*findings, "check that --model, --model-kwargs, --num-tokens, --scorer and --scorer-version "
-                                     "describe the model the file holds"])
-    if error.refused is not None:
-        what = ", ".join(error.refused) or "a Python object outside the allow-list"
-        return (f"checkpoint {error.path!r} holds {what}; pretrain_in1k loads checkpoints weights-only and will not "
-                "unpickle it. Re-save it with plain tensors and containers, e.g. "
-                "torch.save({'model': model.state_dict()}, PATH)")
-    return " ".join(str(error).split())
+# What a command-line user changes when a checkpoint does not fit the model built.
+MODEL_OPTIONS = "--model, --model-kwargs, --num-tokens, --scorer and --scorer-version"
 
 
 def cli() -> None:
     try:
         main()
     except (UsageError, CheckpointError, CheckpointMismatchError) as e:
-        problem = str(e) if isinstance(e, UsageError) else checkpoint_problem(e)
+        problem = str(e) if isinstance(e, UsageError) else checkpoint_problem(e, "pretrain_in1k", MODEL_OPTIONS)
         print(f"pretrain_in1k: error: {problem}", file=sys.stderr)
         sys.exit(1)  # as every error after parsing (dart-core, dart-video); 2 is argparse's bad command line
 

@@ -17,12 +17,18 @@ from __future__ import annotations
 import argparse
 import inspect
 import os.path as osp
+import sys
 
 import torch
 from dart_core.training import leaving_process_group
+from dart_dense.checkpoint import CheckpointFileError
 from mmengine.config import Config, DictAction
 from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
+
+
+class UsageError(Exception):
+    """A problem with the command line, the config or the files they name: printed without a traceback."""
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -63,7 +69,7 @@ def load_strictly(runner: Runner) -> None:
     For ``--val`` / ``--test``: a checkpoint missing some of the model's weights would be evaluated
     with those layers randomly initialised.
 
-    Raises (when the runner loads): RuntimeError naming the file and listing the missing,
+    Raises (when the runner loads): UsageError naming the file and listing the missing,
     unexpected and misshapen keys.
     """
     load = runner.load_checkpoint
@@ -74,7 +80,7 @@ def load_strictly(runner: Runner) -> None:
         except RuntimeError as error:
             if "do not match exactly" not in str(error):  # mmengine's message for keys that do not fit
                 raise
-            raise RuntimeError(
+            raise UsageError(
                 f"--val/--test: checkpoint {filename} does not fit the config's model, so part of the model "
                 f"would be evaluated with random weights.\n{error}Pass a checkpoint trained with this config "
                 "(and the same --cfg-options)."
@@ -109,9 +115,11 @@ def no_forward_buffer_sync() -> dict[str, bool]:
 
 def main(argv=None) -> dict | None:
     args = parse_args(argv)
+    if not osp.isfile(args.config):
+        raise UsageError(f"config file not found: {args.config}")
     cfg = build_config(args)
     if (args.val or args.test) and not cfg.get("load_from"):
-        raise ValueError("--val/--test evaluate a checkpoint: pass --load-from CKPT (or set load_from in the config)")
+        raise UsageError("--val/--test evaluate a checkpoint: pass --load-from CKPT (or set load_from in the config)")
     if args.launcher == "pytorch" and not torch.cuda.is_available():
         init_cpu_distributed(cfg)
     # Leave the process group and let gloo's worker threads settle before the interpreter shuts
@@ -122,7 +130,10 @@ def main(argv=None) -> dict | None:
 
 def run(cfg: Config, args: argparse.Namespace) -> dict | None:
     """Build the Runner and train, or evaluate a checkpoint (``--val`` / ``--test``)."""
-    runner = RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
+    try:
+        runner = RUNNERS.build(cfg) if "runner_type" in cfg else Runner.from_cfg(cfg)
+    except TypeError as error:  # mmengine's registry: a config key no module takes (a typo'd option)
+        raise UsageError(f"the config does not build: {error}") from error
     if args.val or args.test:
         load_strictly(runner)
     if args.val:
@@ -133,5 +144,15 @@ def run(cfg: Config, args: argparse.Namespace) -> dict | None:
     return None
 
 
+def cli() -> None:
+    """``main`` for the command line: user errors (a missing file, a checkpoint that does not fit or
+    would run code, an option no module takes) are one line on stderr and exit status 1."""
+    try:
+        main()
+    except (UsageError, FileNotFoundError, CheckpointFileError) as error:
+        print(f"train_dense: error: {error}", file=sys.stderr)
+        sys.exit(1)
+
+
 if __name__ == "__main__":
-    main()
+    cli()

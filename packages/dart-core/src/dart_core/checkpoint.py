@@ -13,7 +13,7 @@ from typing import Any
 
 import torch
 
-from .training.checkpoint import load_checkpoint
+from .training.checkpoint import CheckpointError, load_checkpoint
 
 PathLike = str | os.PathLike
 
@@ -52,6 +52,21 @@ class CheckpointMismatchError(RuntimeError):
         lines.append("  Check the model name (size, token budget, scorer backbone and head version) matches the file.")
         super().__init__("\n".join(lines))
         self.missing, self.unexpected, self.mismatched = missing, unexpected, mismatched
+
+
+def checkpoint_problem(error: CheckpointError | CheckpointMismatchError, program: str, model_options: str) -> str:
+    """One line about a checkpoint for the user of a command line, who cannot pass
+    ``extra_safe_globals`` and builds the model with ``model_options`` (e.g. "--model and
+    --num-tokens"), not with the library's arguments."""
+    if isinstance(error, CheckpointMismatchError):
+        findings = [line.strip() for line in str(error).splitlines()[:-1]]  # the last line is library advice
+        return "; ".join([*findings, f"check that {model_options} describe the model the file holds"])
+    if error.refused is not None:
+        what = ", ".join(error.refused) or "a Python object outside the allow-list"
+        return (f"checkpoint {error.path!r} holds {what}; {program} loads checkpoints weights-only and will not "
+                "unpickle it. Re-save it with plain tensors and containers, e.g. "
+                "torch.save({'model': model.state_dict()}, PATH)")
+    return " ".join(str(error).split())
 
 
 def load_exact(model: torch.nn.Module, state_dict: Mapping[str, torch.Tensor], source: str = "state dict") -> None:

@@ -27,12 +27,12 @@ import torch
 from PIL import Image, UnidentifiedImageError
 from timm.data import create_transform
 
-from .checkpoint import convert_published_state_dict, load_exact, state_dict_in
+from .checkpoint import checkpoint_problem, convert_published_state_dict, load_exact, state_dict_in
 from .models.data_config import built_data_config
 from .sampling import sample_patches
 from .tokenizer import DART
 from .training.arguments import DART_MODEL_FLAGS
-from .training.checkpoint import load_checkpoint
+from .training.checkpoint import CheckpointError, load_checkpoint
 from .visualize import partition_overview, save_png
 
 DEFAULT_MODEL = "deit_tiny_dart_patch16_448"
@@ -105,6 +105,8 @@ def build_model(
             stored = load_checkpoint(checkpoint)  # read once: the recipe and the weights
             stored_name, kwargs = checkpoint_recipe(stored)
             state = convert_published_state_dict(state_dict_in(stored, checkpoint))
+        except CheckpointError as error:
+            raise CommandError(checkpoint_problem(error, "dart-core", "--model and --num-tokens")) from error
         except (FileNotFoundError, ValueError, RuntimeError) as error:
             raise CommandError(str(error)) from error
         if name is not None and stored_name is not None and name != stored_name:

@@ -62,13 +62,18 @@ def restore_message_hub(value: Any) -> Any:
     return value
 
 
+class CheckpointFileError(ValueError):
+    """A checkpoint file that is not a readable torch.save file, or that holds objects other than
+    tensors and plain containers."""
+
+
 def load_local_checkpoint(filename: str, map_location=None):
     """mmengine's local loader with ``weights_only=True``.
 
     Raises:
         FileNotFoundError: no such file.
-        ValueError: the file is not a readable torch.save file (truncated, corrupt, another format),
-            or it holds objects other than tensors and plain containers.
+        CheckpointFileError: the file is not a readable torch.save file (truncated, corrupt, another
+            format), or it holds objects other than tensors and plain containers.
     """
     filename = osp.expanduser(filename)
     if not osp.isfile(filename):
@@ -77,8 +82,8 @@ def load_local_checkpoint(filename: str, map_location=None):
         return load_weights_only(filename, map_location, allowed=[])
     except CheckpointError as error:
         if error.refused is None:  # not a readable checkpoint at all (truncated, corrupt, another format)
-            raise ValueError(str(error)) from error
-        raise ValueError(
+            raise CheckpointFileError(str(error)) from error
+        raise CheckpointFileError(
             f"{filename} is not a weights-only checkpoint: it holds objects that would run code on load "
             f"({', '.join(error.refused) or 'an object outside the allow-list'}). Checkpoints written by mmengine's "
             "plain Runner hold such objects; write them with runner_type='DartRunner', or keep only the weights: "

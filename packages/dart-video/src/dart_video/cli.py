@@ -30,7 +30,7 @@ import sys
 from collections.abc import Iterator, Sequence
 
 import torch
-from dart_core.checkpoint import CheckpointMismatchError, read_state_dict
+from dart_core.checkpoint import CheckpointMismatchError, checkpoint_problem, read_state_dict
 from dart_core.training import (
     CheckpointError,
     DistContext,
@@ -257,12 +257,18 @@ def parser() -> argparse.ArgumentParser:
     return main_parser
 
 
+# What a command-line user changes when a checkpoint does not fit the model built.
+MODEL_OPTIONS = "--model, --model-kwargs, --num-frames and --num-tokens"
+
+
 def run(argv: Sequence[str] | None = None) -> dict:
     """Run a command and return its result; user errors raise :class:`CommandError`."""
     args = parser().parse_args(argv)
     try:
         return args.run(args)
-    except (ConfigError, TrainingError, CheckpointError) as error:
+    except CheckpointError as error:
+        raise CommandError(checkpoint_problem(error, "dart-video", MODEL_OPTIONS)) from error
+    except (ConfigError, TrainingError) as error:
         raise CommandError(str(error)) from error
 
 
