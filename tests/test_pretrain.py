@@ -382,3 +382,31 @@ def test_config_precedence_and_lr_scaling(tmp_path):
     cfg.write_text("weight_dcay: 0.1\n")
     with pytest.raises(UsageError, match="unknown keys.*weight_dcay"):
         parse_args(["--data-dir", "d", "--config", str(cfg)])
+
+
+@pytest.mark.parametrize("text, message", [
+    ("epochs: 1.5\n", "epochs is 1.5, expected int"),
+    ("batch-size: 4.0\n", "batch_size is 4.0, expected int"),
+    ("model-ema: please\n", "model_ema is 'please', expected bool"),
+    ("amp-dtype: float8\n", "amp_dtype is 'float8', expected one of"),
+    ("epochs: [2\n", "is not valid YAML: .* line 2, column 1"),
+])
+def test_config_file_values_are_checked_as_their_flags_are(tmp_path, text, message):
+    """argparse converts only string defaults: without the check, epochs: 1.5 ran 2 epochs and
+    batch-size: 4.0 failed deep inside the data loader."""
+    from pretrain_config import parse_args
+
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text(text)
+    with pytest.raises(UsageError, match=message):
+        parse_args(["--data-dir", "d", "--config", str(cfg)])
+
+
+def test_config_file_values_convert_like_the_flags(tmp_path):
+    from pretrain_config import parse_args
+
+    cfg = tmp_path / "recipe.yaml"
+    cfg.write_text("lr: 1e-3\nweight-decay: 1\nscorer-version: null\nmodel-ema: true\namp-dtype: none\n")
+    args = parse_args(["--data-dir", "d", "--config", str(cfg)])
+    assert (args.lr, args.weight_decay, args.scorer_version, args.model_ema, args.amp_dtype) == (1e-3, 1.0, None, True, "none")
+    assert isinstance(args.weight_decay, float)

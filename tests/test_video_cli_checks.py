@@ -209,6 +209,9 @@ def test_config_values_are_type_checked(tmp_path):
         recipe.write_text(bad + "\n")
         with pytest.raises(ConfigError, match=bad.split(":")[0] + " is"):
             preset_values(str(recipe))
+    recipe.write_text("epochs: [2\n")
+    with pytest.raises(ConfigError, match="is not valid YAML: .* line 2, column 1"):
+        preset_values(str(recipe))
 
 
 def test_mixup_needs_an_even_batch(ssv2, tmp_path):

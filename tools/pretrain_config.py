@@ -11,8 +11,7 @@ import json
 import os
 from typing import Any
 
-import yaml
-from dart_core.training.arguments import mapping_arg
+from dart_core.training.arguments import SettingsError, mapping_arg, read_settings_file, typed_setting
 
 
 class UsageError(Exception):
@@ -95,23 +94,43 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def settings_from_file(parser: argparse.ArgumentParser, path: str) -> dict[str, Any]:
+    """The flag values a ``--config`` YAML file sets, each checked as its flag would check it
+    (argparse converts only string defaults: ``epochs: 1.5`` would silently run 2 epochs).
+
+    Raises:
+        SettingsError: a missing or malformed file, an unknown key, a value of the wrong type or
+            outside the flag's choices.
+    """
+    actions = {action.dest: action for action in parser._actions}
+    values = read_settings_file(path)
+    unknown = sorted(set(values) - set(actions))
+    if unknown:
+        raise SettingsError(f"config file {path!r} has unknown keys {unknown}; see --help for the names")
+    for key, value in values.items():
+        action = actions[key]
+        if isinstance(action, (argparse._StoreTrueAction, argparse._StoreFalseAction)):
+            kind = bool
+        elif isinstance(action, argparse._StoreAction) and action.nargs is None:
+            kind = str if action.type is None else action.type if action.type in (int, float) else None
+        else:
+            kind = None
+        if kind is not None:
+            values[key] = value = typed_setting(path, key, value, kind, nullable=action.default is None)
+        if action.choices is not None and value is not None and value not in action.choices:
+            raise SettingsError(f"config file {path!r}: {key} is {value!r}, expected one of {list(action.choices)}")
+    return values
+
+
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     """Defaults < YAML (--config) < flags."""
     parser = build_parser()
     pre, _ = parser.parse_known_args(argv)
     if pre.config:
-        if not os.path.isfile(pre.config):
-            raise UsageError(f"config file {pre.config!r} does not exist")
-        with open(pre.config, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            raise UsageError(f"config file {pre.config!r} must hold a mapping of flag names to values")
-        known = {a.dest for a in parser._actions}
-        values = {k.replace("-", "_"): v for k, v in values.items()}
-        unknown = sorted(set(values) - known)
-        if unknown:
-            raise UsageError(f"config file {pre.config!r} has unknown keys {unknown}; see --help for the names")
-        parser.set_defaults(**values)
+        try:
+            parser.set_defaults(**settings_from_file(parser, pre.config))
+        except SettingsError as error:
+            raise UsageError(str(error)) from error
     args = parser.parse_args(argv)
     if args.eval_batch_size is None:
         args.eval_batch_size = args.batch_size

@@ -22,15 +22,12 @@ scores averaged per video: so do ``dart-video train`` (one view) and ``dart-vide
 from __future__ import annotations
 
 import argparse
-import contextlib
 import dataclasses
 import json
-import os
 from dataclasses import dataclass, field
 from typing import Any
 
-import yaml
-from dart_core.training.arguments import mapping_arg
+from dart_core.training.arguments import SettingsError, mapping_arg, read_settings_file, typed_setting
 
 
 class ConfigError(ValueError):
@@ -150,21 +147,9 @@ PRESETS: dict[str, dict[str, Any]] = {
 
 
 def _typed(config: str, key: str, value: Any) -> Any:
-    """A YAML value checked against the field's type: ints pass as floats, and strings (YAML
-    reads ``1e-3`` as one) are converted as the flag would convert them."""
+    """A YAML value checked against its field's type (see :func:`~dart_core.training.arguments.typed_setting`)."""
     field_ = next(f for f in dataclasses.fields(TrainConfig) if f.name == key)
-    kind = field_.metadata["kind"]
-    if value is None and field_.default is None:
-        return None
-    if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
-        return value
-    if kind is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
-    if isinstance(value, str) and kind in (int, float):
-        with contextlib.suppress(ValueError):
-            return kind(value)
-    expected = ("a mapping" if kind is dict else kind.__name__) + (" or null" if field_.default is None else "")
-    raise ConfigError(f"config file {config!r}: {key} is {value!r}, expected {expected}")
+    return typed_setting(config, key, value, field_.metadata["kind"], nullable=field_.default is None)
 
 
 def preset_values(config: str) -> dict[str, Any]:
@@ -172,17 +157,14 @@ def preset_values(config: str) -> dict[str, Any]:
     if config in PRESETS:
         return dict(PRESETS[config])
     if config.endswith((".yaml", ".yml")):
-        if not os.path.isfile(config):
-            raise ConfigError(f"config file {config!r} does not exist")
-        with open(config, encoding="utf-8") as f:
-            values = yaml.safe_load(f) or {}
-        if not isinstance(values, dict):
-            raise ConfigError(f"config file {config!r} must hold a mapping of setting names to values")
-        values = {k.replace("-", "_"): v for k, v in values.items()}
-        unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainConfig)})
-        if unknown:
-            raise ConfigError(f"config file {config!r} has unknown keys {unknown}; see --help for the names")
-        return {key: _typed(config, key, value) for key, value in values.items()}
+        try:
+            values = read_settings_file(config)
+            unknown = sorted(set(values) - {f.name for f in dataclasses.fields(TrainConfig)})
+            if unknown:
+                raise ConfigError(f"config file {config!r} has unknown keys {unknown}; see --help for the names")
+            return {key: _typed(config, key, value) for key, value in values.items()}
+        except SettingsError as error:
+            raise ConfigError(str(error)) from error
     raise ConfigError(f"unknown config {config!r}: use a preset ({', '.join(sorted(PRESETS))}) or a .yaml file")
 
 

@@ -1,8 +1,11 @@
-"""Command-line argument types shared by the training tools."""
+"""Command-line argument types and settings files shared by the training tools."""
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
+from typing import Any
 
 import yaml
 
@@ -36,3 +39,43 @@ def mapping_arg(text: str) -> dict:
                 f"{text!r}: {key!r} has no value; write '{{{key}: VALUE}}' (a space after each colon)"
             )
     return value
+
+
+class SettingsError(ValueError):
+    """A settings file (``--config FILE.yaml``) or one of its values that cannot be used."""
+
+
+def read_settings_file(path: str) -> dict[str, Any]:
+    """A YAML file of ``name: value`` settings → dict, with dashes in names read as underscores.
+
+    Raises:
+        SettingsError: the file is missing, is not valid YAML (line and column named), or does
+            not hold a mapping.
+    """
+    if not os.path.isfile(path):
+        raise SettingsError(f"config file {path!r} does not exist")
+    try:
+        with open(path, encoding="utf-8") as f:
+            values = yaml.safe_load(f) or {}
+    except yaml.YAMLError as error:
+        raise SettingsError(f"config file {path!r} is not valid YAML: {' '.join(str(error).split())}") from error
+    if not isinstance(values, dict):
+        raise SettingsError(f"config file {path!r} must hold a mapping of setting names to values")
+    return {str(key).replace("-", "_"): value for key, value in values.items()}
+
+
+def typed_setting(path: str, key: str, value: Any, kind: type, nullable: bool = False) -> Any:
+    """A settings-file value checked against the type its flag takes: ints pass for floats, and
+    strings (YAML reads ``1e-3`` as one) are converted as the flag would convert them; anything
+    else (``epochs: 1.5``, ``batch-size: 4.0``, ``amp: yes please``) is a :class:`SettingsError`."""
+    if value is None and nullable:
+        return None
+    if isinstance(value, kind) and not (kind is not bool and isinstance(value, bool)):
+        return value
+    if kind is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if isinstance(value, str) and kind in (int, float):
+        with contextlib.suppress(ValueError):
+            return kind(value)
+    expected = ("a mapping" if kind is dict else kind.__name__) + (" or null" if nullable else "")
+    raise SettingsError(f"config file {path!r}: {key} is {value!r}, expected {expected}")
