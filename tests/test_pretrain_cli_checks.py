@@ -32,6 +32,14 @@ def test_model_kwargs_the_tool_sets_itself_are_refused(extra, message):
     assert pretrain_in1k.build_model(parse_args([*TINY, f"{{{SHAPE}}}"]), num_classes=3).head.out_features == 3
 
 
+@pytest.mark.parametrize("dart_flags", [[], ["--num-tokens", "12"]])
+def test_a_misspelt_model_kwarg_is_named_not_blamed_on_the_dart_flags(dart_flags):
+    args = parse_args(["--data-dir", "unused", "--model", "deit_tiny_dart_patch16_448", "--model-kwargs",
+                       "{depth: 1, dpeth: 2}", *dart_flags])
+    with pytest.raises(UsageError, match="--model-kwargs: 'deit_tiny_dart_patch16_448' takes no argument 'dpeth'"):
+        pretrain_in1k.build_model(args, num_classes=3)
+
+
 def test_dart_kwarg_given_twice_is_refused():
     args = parse_args(["--data-dir", "unused", "--model-kwargs", "{num_tokens: 16}", "--num-tokens", "12"])
     with pytest.raises(UsageError, match="cannot set 'num_tokens', which --num-tokens sets"):

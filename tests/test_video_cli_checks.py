@@ -1,6 +1,7 @@
 """dart-video's handling of reviewer-reported misuse: class order in checkpoints, resuming with a
 longer schedule, output folders, stored weight files, bad annotations and configs, frame sizes."""
 
+import dataclasses
 import json
 import shutil
 
@@ -229,3 +230,22 @@ def test_models_check_the_frame_size(name, size):
     assert model(torch.zeros(1, 3, 2, 64, 64)).shape == (1, 3)
     with pytest.raises(ValueError, match=rf"frames of {size[0]}x{size[1]} \(H x W\).*64x64 frames"):
         model(torch.zeros(1, 3, 2, *size))
+
+
+@pytest.mark.parametrize("model_kwargs, message", [
+    ({"num_frames": 4}, "cannot set 'num_frames', which --num-frames sets: use --num-frames alone"),
+    ({"num_classes": 4}, "cannot set 'num_classes': it comes from the data"),
+    ({"dpeth": 1}, "--model-kwargs: 'videomamba_tiny_dart_patch16_224' takes no argument 'dpeth'"),
+])
+def test_model_kwargs_mistakes_are_named(model_kwargs, message):
+    """Was: a raw TypeError traceback ("got multiple values for keyword argument 'num_frames'",
+    "unexpected keyword argument 'dpeth'")."""
+    from dart_video.engine import TrainingError, build_model
+    from dart_video.recipes import TrainConfig
+
+    shape = {"depth": 1, "embed_dim": 16, "d_state": 4}
+    config = TrainConfig(model="videomamba_tiny_dart_patch16_224", num_frames=2, img_size=32, num_tokens=4,
+                         model_kwargs={**shape, **model_kwargs})
+    with pytest.raises(TrainingError, match=message):
+        build_model(config, num_classes=3)
+    assert build_model(dataclasses.replace(config, model_kwargs=shape), num_classes=3).head.out_features == 3

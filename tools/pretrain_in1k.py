@@ -74,7 +74,7 @@ from dart_core.training import (  # noqa: E402
     seed_rank,
     train_epoch,
 )
-from dart_core.training.arguments import DART_MODEL_FLAGS  # noqa: E402
+from dart_core.training.arguments import DART_MODEL_FLAGS, unexpected_keyword  # noqa: E402
 from pretrain_config import UsageError, build_parser, parse_args, plain_args, scaled_lr  # noqa: E402
 from pretrain_data import build_mixup, build_transforms, check_same_classes, image_folder, make_loader  # noqa: E402
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # noqa: E402
@@ -125,10 +125,13 @@ def build_model(args, num_classes: int) -> torch.nn.Module:
     try:
         return timm.create_model(args.model, num_classes=num_classes, drop_path_rate=args.drop_path, **kwargs)
     except TypeError as e:
-        if dart_opts and "unexpected keyword" in str(e):
+        key = unexpected_keyword(e)
+        if key is None:
+            raise
+        if key in dart_opts:
             flags = ", ".join(flag(DART_MODEL_FLAGS[k]) for k in dart_opts)
             raise UsageError(f"{flags} only apply to DART models; {args.model!r} is not one ({e})") from e
-        raise
+        raise UsageError(f"--model-kwargs: {args.model!r} takes no argument {key!r} ({e})") from e
 
 
 def default_input_size(model: torch.nn.Module) -> int:

@@ -39,6 +39,7 @@ from dart_core.training import (
     seed_rank,
     train_epoch,
 )
+from dart_core.training.arguments import unexpected_keyword
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -62,20 +63,36 @@ class TrainingError(Exception):
 # ---------------------------------------------------------------- model and data
 
 
+# create_model arguments that dart-video's own flags set.
+MODEL_FLAGS = {"num_frames": "--num-frames", "img_size": "--img-size", "drop_path_rate": "--drop-path",
+               "num_tokens": "--num-tokens", "scorer_weights": "--scorer-weights"}
+
+
 def build_model(config: TrainConfig, num_classes: int) -> VideoMamba:
     """``timm.create_model(config.model)`` with the clip geometry, drop path and DART options;
     ``config.init`` loaded when set."""
     names = timm.list_models("videomamba_*")
     if config.model not in names:
         raise TrainingError(f"unknown model {config.model!r}; choose from {', '.join(names)}")
-    kwargs = dict(num_classes=num_classes, num_frames=config.num_frames, img_size=config.img_size,
-                  drop_path_rate=config.drop_path, **config.model_kwargs)
+    flags = {"num_frames": config.num_frames, "img_size": config.img_size, "drop_path_rate": config.drop_path}
     if "_dart_" in config.model:
-        kwargs.update({k: v for k, v in (("num_tokens", config.num_tokens), ("scorer_weights", config.scorer_weights))
-                       if v is not None})
+        flags.update((k, v) for k, v in (("num_tokens", config.num_tokens), ("scorer_weights", config.scorer_weights))
+                     if v is not None)
     elif config.num_tokens is not None:
         raise TrainingError(f"--num-tokens only applies to DART models; {config.model!r} is not one")
-    model = timm.create_model(config.model, **kwargs)
+    for key in config.model_kwargs:
+        if key == "num_classes":
+            raise TrainingError("--model-kwargs cannot set 'num_classes': it comes from the data (the class count)")
+        if key in flags:
+            raise TrainingError(f"--model-kwargs cannot set {key!r}, which {MODEL_FLAGS[key]} sets: use "
+                                f"{MODEL_FLAGS[key]} alone")
+    try:
+        model = timm.create_model(config.model, num_classes=num_classes, **flags, **config.model_kwargs)
+    except TypeError as error:
+        key = unexpected_keyword(error)
+        if key is None:
+            raise
+        raise TrainingError(f"--model-kwargs: {config.model!r} takes no argument {key!r} ({error})") from error
     if config.init:
         try:
             load_video_checkpoint(model, config.init, image=config.init_image)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import re
 from typing import Any
 
 import yaml
@@ -79,3 +80,10 @@ def typed_setting(path: str, key: str, value: Any, kind: type, nullable: bool = 
             return kind(value)
     expected = ("a mapping" if kind is dict else kind.__name__) + (" or null" if nullable else "")
     raise SettingsError(f"config file {path!r}: {key} is {value!r}, expected {expected}")
+
+
+def unexpected_keyword(error: TypeError) -> str | None:
+    """The argument name in Python's "got an unexpected keyword argument 'x'" message (None for any
+    other TypeError): the training tools name the flag or ``--model-kwargs`` key a model refused."""
+    found = re.search(r"unexpected keyword argument '([^']+)'", str(error))
+    return found.group(1) if found else None
