@@ -182,3 +182,14 @@ def test_bad_build_scorer_arguments_are_named(kwargs, error, words):
         build_scorer(**kwargs)
     for word in words:
         assert word in str(info.value)
+
+
+def test_a_timm_file_for_a_torchvision_scorer_is_refused_with_the_keys_named(tmp_path):
+    """The same network under timm's names (conv_stem.*, blocks.*) is not a torchvision state dict."""
+    from dart_core.checkpoint import CheckpointMismatchError
+
+    path = tmp_path / "timm_mnv3s.pth"
+    torch.save(timm.create_model("mobilenetv3_small_100").state_dict(), path)
+    with pytest.raises(CheckpointMismatchError, match=r"torchvision mobilenet_v3_small weights\) does not fit") as info:
+        build_scorer("mobilenet_v3_small", weights=path)
+    assert "features.0.0.weight" in info.value.missing and "conv_stem.weight" in info.value.unexpected

@@ -342,14 +342,14 @@ TORCHVISION_PRESETS = {
 
 def _torchvision_features(name: str, stage: int | None, weights: str | None) -> nn.Module:
     """torchvision ``model.features[:stage]`` (mnasnet: ``layers``), weights from a local file."""
-    from .checkpoint import read_state_dict
+    from .checkpoint import load_exact, read_state_dict
     from .pretrained import LITE0_TIMM_NAME
 
     if weights == PACKAGED_WEIGHTS:
         raise ValueError(f"packaged weights exist only for {LITE0_TIMM_NAME}, not {name}")
     model = getattr(torchvision.models, name)(weights=None)
-    if weights is not None:
-        model.load_state_dict(read_state_dict(weights))
+    if weights is not None:  # a timm file of the same network has other names: the error lists them
+        load_exact(model, read_state_dict(weights), source=f"{os.fspath(weights)} (torchvision {name} weights)")
     features = model.layers if name.startswith("mnasnet") else model.features
     if stage is None:
         return features
