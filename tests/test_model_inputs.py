@@ -154,6 +154,10 @@ def test_channel_counts_are_checked_up_front():
             timm.create_model(name, in_chans=1, img_size=64, depth=1)
     with pytest.raises(ValueError, match="in_chans=1.*RGB.*scorer="):
         patch_timm(timm.create_model("vit_tiny_patch16_224", img_size=64, depth=1, in_chans=1))
+    with pytest.raises(ValueError, match=r"look channels-last \(B, H, W, C\).*permute\(0, 3, 1, 2\)"):
+        model(torch.rand(1, 64, 64, 3))
+    with pytest.raises(ValueError, match="floating-point images, got torch.uint8"):
+        model(torch.zeros(1, 3, 64, 64, dtype=torch.uint8))
     # A scorer of one's own may take any channels.
     gray = timm.create_model(DEIT, in_chans=1, scorer=GivenScores((2, 2)), **TINY_DEIT)
     assert gray(torch.rand(1, 1, 64, 64)).shape == (1, 1000)

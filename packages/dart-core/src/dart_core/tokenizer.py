@@ -140,9 +140,20 @@ class DART(nn.Module):
         return self.patch_size[0] if as_scalar else self.patch_size
 
     def check_input(self, images: torch.Tensor) -> None:
-        """Raise ValueError unless ``images`` is (B, C, H, W) with the model's C (and (H, W) when strict)."""
+        """Raise ValueError unless ``images`` is a floating-point (B, C, H, W) batch with the model's C (and
+        (H, W) when strict)."""
         if images.dim() != 4:
             raise ValueError(f"DART expects images (B, C, H, W); got shape {tuple(images.shape)}")
+        if not images.is_floating_point():
+            raise ValueError(
+                f"DART takes floating-point images, got {images.dtype}: convert and normalise them first "
+                "(e.g. images.float() / 255, then the model's mean and std, as timm's transforms do)"
+            )
+        if images.shape[1] != self.proj.in_channels and images.shape[-1] == self.proj.in_channels:
+            raise ValueError(
+                f"images of shape {tuple(images.shape)} look channels-last (B, H, W, C); DART takes (B, C, H, W): "
+                "pass images.permute(0, 3, 1, 2)"
+            )
         if images.shape[1] != self.proj.in_channels:
             raise ValueError(
                 f"the model takes images with {self.proj.in_channels} channels, got {images.shape[1]} "
