@@ -114,12 +114,12 @@ def test_coco_metric_known_answers(coco_root):
     assert run(0.0, keep=False)["mAP"] == 0.0
 
 
-def tiny_model(head="fcos", scorer=True):
+def tiny_model(head="fcos", scorer=True, grid=(4, 4)):
     torch.manual_seed(0)
     return MODELS.build(dict(
         type="DartDetector", num_classes=2, head=head, fpn_channels=32,
         backbone=dict(name="mobilenetv3_small_050", out_indices=(2, 3, 4)),
-        warp=dict(grid=(4, 4), cell_size=16, score_input_size=(64, 64),
+        warp=dict(grid=grid, cell_size=16, score_input_size=(64, 64),
                   scorer=dict(backbone="mobilenetv3_small_050", stage=2, grid_size=(4, 4)) if scorer else None),
     ))
 
@@ -169,6 +169,16 @@ def test_predictions_are_warped_back_onto_the_objects(coco_root, head):
     for o, s in zip(out, samples, strict=True):
         torch.testing.assert_close(o["pred_boxes"], s["gt_boxes"], rtol=0, atol=1e-3)
         assert o["pred_labels"].tolist() == s["gt_labels"].tolist()
+
+
+def test_detector_transform_keeps_a_non_square_warped_image():
+    """The warp already made the detector's input size: torchvision's resize-and-normalise step must be
+    the identity on a (32, 64) warped canvas, not shrink it to fit a square size range."""
+    model = tiny_model(scorer=False, grid=(2, 4)).eval()
+    warped = torch.randn(2, 3, 32, 64)
+    images, _ = model.detector.transform(list(warped))
+    assert images.tensors.shape[-2:] == (32, 64)
+    torch.testing.assert_close(images.tensors, warped)
 
 
 def tiny_options(root, work_dir, iters):

@@ -81,13 +81,23 @@ def test_unwarp_map_matches_oracle_and_accepts_any_map_resolution():
     grid, cell = (3, 2), 8
     scores = random_scores(2, 4, 4, seed=5)
     warp = GridWarp.from_scores(scores, torch.tensor(sizes), grid, cell)
-    for map_size in [(24, 16), (6, 4)]:  # full resolution and a stride-4 logit map
+    # full resolution, a stride-4 logit map, and strides 2 along y and 1 along x
+    for map_size in [(24, 16), (6, 4), (12, 16)]:
         maps = torch.randn(2, 3, *map_size, dtype=torch.float64)
         got = warp.unwarp_map(maps)
         assert got.shape == (2, 3, 21, 30)
         for b, want in enumerate(oracle_unwarp(maps, scores, sizes, grid, cell)):
             H, W = sizes[b]
             torch.testing.assert_close(got[b : b + 1, :, :H, :W], want, rtol=0, atol=1e-9)
+
+
+def test_nearest_unwarp_of_a_half_resolution_label_map_replicates_pixels():
+    """With the identity warp (image size = canvas size), a label map at stride 2 comes back with
+    each label covering its 2 × 2 pixels: nearest rounds to the closest source pixel, it does not floor."""
+    warp = GridWarp.uniform(torch.tensor([[16, 24]]), (2, 3), 8)
+    labels = torch.randint(0, 9, (1, 1, 8, 12), generator=torch.Generator().manual_seed(0))
+    back = warp.unwarp_map(labels, mode="nearest")
+    assert torch.equal(back, labels.repeat_interleave(2, 2).repeat_interleave(2, 3))
 
 
 @settings(max_examples=40, deadline=None)

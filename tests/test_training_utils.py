@@ -2,7 +2,9 @@
 torchrun helpers and FLOP counting."""
 
 import argparse
+import collections
 import contextlib
+import copy
 import os
 import random
 import stat
@@ -27,11 +29,13 @@ from dart_core.training import (
     load_checkpoint,
     read_jsonl,
     restore_rng_state,
+    resume_optimizer,
     save_checkpoint,
     save_last_and_best,
     seed_rank,
     seeded_rng,
     teardown_distributed,
+    train_epoch,
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -78,6 +82,27 @@ def test_checkpoint_save_is_atomic(tmp_path):
         save_checkpoint({"v": torch.zeros(2), "bad": Exploding()}, path)
     assert torch.equal(load_checkpoint(path)["v"], torch.ones(2))  # old file intact
     assert os.listdir(tmp_path) == ["ckpt.pth"]  # no temporary left behind
+
+
+def test_save_fsyncs_the_file_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
+    """The POSIX recipe for a save that survives a power cut: the data reaches the disk before the
+    rename publishes it, and the rename itself is made durable by an fsync of the directory."""
+    events, real_fsync, real_replace = [], os.fsync, os.replace
+
+    def fsync(fd):
+        info = os.fstat(fd)
+        events.append(("fsync", "dir" if stat.S_ISDIR(info.st_mode) else "file", info.st_ino))
+        real_fsync(fd)
+
+    def replace(src, dst):
+        events.append(("replace", os.stat(src).st_ino))
+        real_replace(src, dst)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    save_checkpoint({"v": torch.ones(2)}, tmp_path / "c.pth")
+    inode = os.stat(tmp_path / "c.pth").st_ino
+    assert events == [("fsync", "file", inode), ("replace", inode), ("fsync", "dir", os.stat(tmp_path).st_ino)]
 
 
 def test_checkpoint_refuses_unlisted_class_with_clear_error(tmp_path):
@@ -235,7 +260,7 @@ def test_eval_sampler_covers_every_item_exactly_once(n, ws, epoch, shuffle):
 
 @settings(max_examples=60, deadline=None)
 @given(n=st.integers(1, 40), ws=st.integers(1, 4), repeats=st.integers(1, 3), epoch=st.integers(0, 3))
-def test_train_sampler_balanced_and_repeats_spread_over_ranks(n, ws, repeats, epoch):
+def test_train_sampler_balanced_and_repeats_each_image_on_different_ranks(n, ws, repeats, epoch):
     per_rank = []
     for rank in range(ws):
         s = EpochSampler(n, rank=rank, world_size=ws, repeats=repeats, seed=1)
@@ -246,6 +271,9 @@ def test_train_sampler_balanced_and_repeats_spread_over_ranks(n, ws, repeats, ep
     assert all(0 <= i < n for i in idx)
     if repeats == 1 and n % ws == 0:
         assert sorted(idx) == list(range(n))  # a plain permutation, no padding needed
+    if len(idx) <= n * repeats:  # no wrap-around: a prefix of "each drawn image `repeats` times in a row"
+        counts = sorted(collections.Counter(idx).values())
+        assert all(c == repeats for c in counts[1:]) and 1 <= counts[0] <= repeats, counts
     if repeats <= ws:  # DeiT's repeated augmentation: copies of an image go to different ranks
         for p in per_rank:
             if ws * len(p) <= n * repeats:
@@ -268,15 +296,15 @@ def test_sampler_start_skips_exactly_the_consumed_prefix(n, ws, start):
     assert len(s) == len(full)
 
 
-def test_sampler_order_depends_on_epoch_and_seed():
+def test_sampler_order_is_a_function_of_seed_and_epoch_with_no_collisions():
     def order(seed, epoch):
         s = EpochSampler(50, seed=seed)
         s.set_epoch(epoch)
-        return [i for i, _ in s]
+        return tuple(i for i, _ in s)
 
     assert order(0, 1) == order(0, 1)
-    assert order(0, 1) != order(0, 2)
-    assert order(0, 1) != order(1, 1)
+    # every (seed, epoch) pair its own order: e.g. (0, 1) and (1, 0) must not share one
+    assert len({order(seed, epoch) for seed in range(4) for epoch in range(4)}) == 16
 
 
 def test_sampler_rejects_bad_arguments():
@@ -310,6 +338,49 @@ def test_seeded_dataset_augmentation_is_independent_of_workers_and_outer_rng():
     b0, b2 = batches(0), batches(2)
     assert all(torch.equal(x, y) for x, y in zip(b0, b2, strict=True))
     assert len({tuple(x.tolist()) for x in b0}) == 3  # and the draws really are random
+
+
+# ---------------------------------------------------------------- the epoch loop
+
+
+class Indices(torch.utils.data.Dataset):
+    """Item ``(index, seed)`` is its index: a loader over it yields the sampler's order."""
+
+    def __len__(self):
+        return 12
+
+    def __getitem__(self, item):
+        return item[0]
+
+
+def test_train_epoch_feeds_each_epoch_its_own_order_and_resumes_mid_epoch():
+    """Oracle: a fresh sampler's order for the epoch, without the ``step_in_epoch × batch`` samples
+    a resumed epoch has already consumed."""
+    def order(epoch):
+        s = EpochSampler(12, seed=3)
+        s.set_epoch(epoch)
+        return [i for i, _ in s]
+
+    class Trainer:
+        epoch = step_in_epoch = global_step = 0
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+
+    trainer, seen = Trainer(), []
+
+    def step(batches):
+        seen.extend(next(batches).tolist())
+        trainer.step_in_epoch += 1
+        trainer.global_step += 1
+        return 0.0
+
+    sampler = EpochSampler(12, seed=3)
+    loader = DataLoader(Indices(), batch_size=4, sampler=sampler)
+    for epoch, start in ((0, 0), (1, 0), (2, 1)):  # epoch 2 resumed after its first step
+        trainer.epoch, trainer.step_in_epoch, seen[:] = epoch, start, []
+        train_epoch(trainer, step, sampler, loader, 3, 4, log_interval=100, ckpt_interval=100, logger=JsonlLogger(None),
+                    save=lambda: None, running=RunningMean(), progress=False)
+        assert seen == order(epoch)[4 * start:]
+    assert order(0) != order(1)
 
 
 # ---------------------------------------------------------------- JSON lines
@@ -449,6 +520,19 @@ def test_resume_scaler_accepts_the_empty_state_of_a_run_without_float16():
     resume_scaler(fp16, trained.state_dict())
     assert fp16.get_scale() == 2.0**7 and fp16.get_growth_interval() == 3
     resume_scaler(disabled, trained.state_dict())  # a float16 checkpoint resumed without float16: no error
+
+
+def test_resume_optimizer_keeps_the_new_settings_and_the_saved_moments():
+    p = torch.nn.Parameter(torch.ones(3))
+    old = torch.optim.AdamW([p], lr=0.1, weight_decay=0.05)
+    p.grad = torch.tensor([1.0, 2.0, 3.0])
+    old.step()
+    q = torch.nn.Parameter(p.detach().clone())
+    new = torch.optim.AdamW([q], lr=0.3, weight_decay=0.2)
+    resume_optimizer(new, copy.deepcopy(old.state_dict()))
+    assert (new.param_groups[0]["lr"], new.param_groups[0]["weight_decay"]) == (0.3, 0.2)
+    assert torch.equal(new.state[q]["exp_avg"], old.state[p]["exp_avg"])
+    assert torch.equal(new.state[q]["exp_avg_sq"], old.state[p]["exp_avg_sq"])
 
 
 def test_resume_auto_needs_every_process_to_see_the_same_last_checkpoint(tmp_path, monkeypatch):

@@ -8,7 +8,9 @@ from fractions import Fraction
 import numpy as np
 import pytest
 import torch
+from dart_core.training import seed_everything
 from dart_video import data
+from dart_video.augment import ClipRandAugment
 from dart_video.data import (
     VideoClassification,
     VideoDecodeError,
@@ -190,3 +192,17 @@ def test_dataset_items_and_corrupt_replacement(ssv2_root):  # noqa: F811
                                  train=True)
     with pytest.warns(RuntimeWarning), pytest.raises(VideoDecodeError, match="3 videos in a row"):
         broken[0]
+
+
+def test_training_clip_is_a_pure_function_of_index_and_seed(ssv2_root):  # noqa: F811
+    """The sampler's contract: item ``(index, seed)`` decodes and augments (RandAugment included) the same
+    clip whatever the global RNGs and the epoch, so worker count and process history cannot change it."""
+    samples, _ = read_ssv2(str(ssv2_root), "train")
+    dataset = VideoClassification(samples[:2], num_frames=2, size=32, train=True,
+                                  augment=ClipRandAugment("rand-m9-n2-mstd0.5", 32))
+    seed_everything(0)
+    first = dataset[(1, 7)][0]
+    seed_everything(99)
+    dataset.set_epoch(4)
+    assert torch.equal(dataset[(1, 7)][0], first)
+    assert not torch.equal(dataset[(1, 8)][0], first)

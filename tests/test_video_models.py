@@ -125,6 +125,22 @@ def test_default_dart_model_uses_the_temporal_scorer():
     assert tuned.patch_embed.scorer.contrast == 6.0 and head[:channels].mean() < head[channels:].mean() - 2
 
 
+def test_dart_model_scorer_options_reach_the_scorer():
+    """``scorer_trainable`` unfreezes the scorer's backbone (it then follows ``.train()``), and
+    ``scorer_batch_stats`` makes a clip's scores depend on its batch-mates (per-clip statistics do not)."""
+    model = timm.create_model("videomamba_tiny_dart_patch16_224", scorer_batch_stats=True, scorer_trainable=True,
+                              **{**TINY, "img_size": 64, "num_frames": 2, "depth": 1})
+    scorer = model.patch_embed.scorer
+    assert all(p.requires_grad for p in scorer.backbone.parameters())
+    model.train()
+    assert scorer.backbone.training
+    scorer.eval()
+    torch.manual_seed(0)
+    a, b = torch.rand(1, 3, 2 * 64, 64), torch.rand(1, 3, 2 * 64, 64) * 3
+    with torch.no_grad():
+        assert not torch.allclose(scorer(torch.cat([a, b]))[:1], scorer(a))
+
+
 def test_video_checkpoints_load_through_timm_and_mismatches_are_listed(tmp_path):
     source = timm.create_model("videomamba_tiny_patch16_224", **TINY)
     path = tmp_path / "ckpt.pth"

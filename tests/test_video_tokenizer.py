@@ -61,6 +61,15 @@ def test_uniform_full_budget_equals_videomamba_patch_embedding(dtype):
     assert (out.pos_embed - expected_pos).abs().max() < 1e-4 * expected_pos.abs().max()
 
 
+def test_video_dart_frame_grid_follows_sample_scale():
+    """sample_scale = input size / (grid × P): a 32-pixel clip with P = 8 at scale 2 has a 2 × 2 grid per
+    frame, a default budget of half of T·h·w = 4 tokens, and takes (1, 2, 2, D) spatial embeddings."""
+    tokenizer = VideoDART(2, img_size=32, patch_size=8, embed_dim=4, sample_scale=2, scorer=GivenScores((4, 2)))
+    assert tokenizer.frame_grid_size == (2, 2) and tokenizer.num_tokens == 4
+    out = tokenizer(torch.rand(1, 3, 2, 32, 32), torch.zeros(1, 2, 2, 4), torch.zeros(1, 2, 4), return_details=True)
+    assert out.tokens.shape == (1, 4, 4)
+
+
 def test_tall_partition_matches_reference_on_the_stacked_image():
     frames, h, w, patch = 2, 3, 3, 4
     scores = torch.rand(1, frames * h, w, dtype=torch.float64) ** 2 + 0.05

@@ -11,12 +11,13 @@ import numpy as np
 import pytest
 import timm
 import torch
-from dart_core.training import DistContext, load_checkpoint, read_jsonl, seed_everything
+import torch.nn.functional as F
+from dart_core.training import DistContext, load_checkpoint, read_jsonl, save_checkpoint, seed_everything
 from dart_video import data
 from dart_video.augment import ClipMixup, ClipRandAugment, ClipRandomErasing
-from dart_video.cli import run
+from dart_video.cli import CommandError, run
 from dart_video.demo.moving_digits import MovingDigitsConfig, write_dataset
-from dart_video.engine import evaluate
+from dart_video.engine import Trainer, evaluate
 from dart_video.recipes import PRESETS, ConfigError, TrainConfig, add_config_flags, config_from_args
 from PIL import Image
 
@@ -54,6 +55,14 @@ def test_presets_hold_the_videomamba_ssv2_recipe():
         assert (c.reprob, c.remode, c.recount, c.test_clips, c.test_crops) == (0.25, "pixel", 1, 2, 3)
     generic = TrainConfig()
     assert (generic.reprob, generic.test_clips, generic.test_crops) == (0.0, 1, 1)
+
+
+def test_scaled_learning_rate_counts_accumulated_clips():
+    """The release's rule: lr = blr × global clips per optimizer step / 256, accumulated micro-batches included."""
+    config = TrainConfig(batch_size=4, accum_steps=3, blr=1e-3, min_blr=1e-5, warmup_blr=1e-6)
+    clips = 4 * 3 * 2  # batch × accumulation × 2 processes
+    assert config.scaled(2) == pytest.approx({"lr": 1e-3 * clips / 256, "min_lr": 1e-5 * clips / 256,
+                                             "warmup_lr": 1e-6 * clips / 256})
 
 
 def test_config_precedence_and_errors(tmp_path):
@@ -202,9 +211,30 @@ def test_layer_decay_groups_follow_the_release():
     named = dict(model.named_parameters())
     # embeddings 0.5^(depth + 1), block i 0.5^(depth - i), final norm and head 1; the new DART scorer head 1
     assert scale[id(named["pos_embed"])] == (0.5**4, 0.0) and scale[id(named["patch_embed.proj.weight"])] == (0.5**4, 0.1)
+    # the release's no_weight_decay set: pos_embed, cls_token, temporal_pos_embedding
+    assert scale[id(named["cls_token"])][1] == scale[id(named["temporal_pos_embedding"])][1] == 0.0
     assert [scale[id(named[f"layers.{i}.mixer.in_proj.weight"])][0] for i in range(3)] == [0.5**3, 0.5**2, 0.5]
     assert scale[id(named["head.weight"])] == (1.0, 0.1) and scale[id(named["norm_f.weight"])] == (1.0, 0.0)
     assert scale[id(named["patch_embed.scorer.head.mlp.fc1.weight"])] == (1.0, 0.1)
+
+
+# ---------------------------------------------------------------- the optimizer step
+
+
+def test_accumulated_step_reports_the_full_batch_loss():
+    """One optimizer step over 2 accumulated micro-batches of 2 clips returns the mean cross-entropy of
+    the model on all 4 clips at the weights before the step (not the sum of the micro-batch means)."""
+    torch.manual_seed(0)
+    model = timm.create_model("videomamba_tiny_patch16_224", img_size=16, patch_size=8, num_frames=2, depth=1,
+                              embed_dim=16, d_state=4, num_classes=3, drop_path_rate=0.0)
+    clips, labels = torch.randn(4, 3, 2, 16, 16), torch.tensor([0, 1, 2, 1])
+    with torch.no_grad():
+        want = F.cross_entropy(model(clips), labels).item()
+    config = TrainConfig(model="videomamba_tiny_patch16_224", batch_size=2, accum_steps=2, mixup=0.0, cutmix=0.0,
+                         smoothing=0.0, epochs=1, warmup_epochs=0, layer_decay=1.0, progress=False)
+    trainer = Trainer(config, DistContext(0, 1, 0, torch.device("cpu")), model, 3, steps_per_epoch=1)
+    batches = iter([(clips[:2], labels[:2], None), (clips[2:], labels[2:], None)])
+    assert trainer.step(batches) == pytest.approx(want, rel=1e-5)
 
 
 # ---------------------------------------------------------------- training end to end
@@ -401,8 +431,13 @@ def test_resume_with_other_settings_is_refused(digits_root, full_run, tmp_path):
     full_dir, _ = full_run
     ckpt = load_checkpoint(full_dir / "last.pth")
     assert ckpt["step_in_epoch"] == 0  # an epoch-end checkpoint resumes with any batch size
-    from dart_video.cli import CommandError
-
+    save_checkpoint({**ckpt, "epoch": 1, "step_in_epoch": 1}, tmp_path / "mid.pth")  # as if killed after step 1
+    with pytest.raises(CommandError, match="saved mid-epoch"):  # the consumed part depends on the batch size
+        run(["train", "--data", digits_root, "--out", str(tmp_path), *COMMON, "--batch-size", "2",
+             "--resume", str(tmp_path / "mid.pth")])
+    save_checkpoint({"model": ckpt["model"]}, tmp_path / "weights.pth")
+    with pytest.raises(CommandError, match="not a dart-video training checkpoint"):
+        run(["train", "--data", digits_root, "--out", str(tmp_path), *COMMON, "--resume", str(tmp_path / "weights.pth")])
     with pytest.raises(CommandError, match="trained as 'videomamba_tiny_dart_patch16_224'"):
         run(["train", "--data", digits_root, "--out", str(tmp_path), *COMMON, "--model",
              "videomamba_small_dart_patch16_224", "--resume", str(full_dir / "last.pth")])
