@@ -3,7 +3,7 @@
 # second run only checks. Everything comes from the package index; nothing is downloaded at run
 # time afterwards.
 #   DART_STACK=cpu (default): constraints/cpu.txt (the stack the project is developed on) in .venv
-#   DART_STACK=oldest: constraints/oldest.txt (the oldest torch the packages accept) in .venv-oldest
+#   DART_STACK=oldest: constraints/oldest.txt (the oldest torch and timm the packages accept) in .venv-oldest
 #   DART_PYTHON: the interpreter a new environment is created with (default python3)
 # The environment's path is printed on the last line.
 set -euo pipefail
