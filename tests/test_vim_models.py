@@ -137,3 +137,27 @@ def test_classifier_api():
     assert model(torch.rand(1, 3, 64, 64)).shape == (1, 3)
     assert model.forward_head(torch.zeros(2, 17, 32), pre_logits=True).shape == (2, 32)
     assert {"pos_embed", "cls_token"} == model.no_weight_decay()
+
+
+@pytest.mark.parametrize("name", ["vim_tiny_patch16_224", "vim_tiny_dart_patch16_224"])
+def test_set_input_size_moves_the_grid_and_resamples_the_table_around_the_middle_class_token(name):
+    model = timm.create_model(name, img_size=64, depth=1, embed_dim=32, d_state=4, num_classes=3).eval()
+    images = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        before = model(images)
+        model.set_input_size(img_size=64)  # the same size: nothing moves
+        assert torch.equal(model(images), before)
+        middle = model.class_table_index()
+        model.pos_embed.fill_(0.25)
+        model.pos_embed[:, middle] = 7.0
+    tokens = getattr(model.patch_embed, "num_tokens", None)
+    model.set_input_size(img_size=(96, 80))
+    assert tuple(model.patch_embed.grid_size) == (6, 5) and model.pos_embed.shape == (1, 6 * 5 + 1, 32)
+    # a constant grid stays constant under resampling; the class entry keeps its value, in the new middle
+    cls = model.pos_embed[0, model.class_table_index()]
+    grid = torch.cat([model.pos_embed[0, :15], model.pos_embed[0, 16:]])
+    assert model.class_table_index() == 15 and torch.equal(cls, torch.full((32,), 7.0))
+    torch.testing.assert_close(grid, torch.full_like(grid, 0.25))
+    assert getattr(model.patch_embed, "num_tokens", None) == tokens  # DART keeps its budget
+    assert model.pos_embed.requires_grad and any(p is model.pos_embed for p in model.parameters())
+    assert model(torch.rand(2, 3, 96, 80)).shape == (2, 3)

@@ -23,7 +23,7 @@ from collections.abc import Callable
 
 import torch
 import torch.nn as nn
-from timm.layers import PatchEmbed, trunc_normal_
+from timm.layers import PatchEmbed, resample_abs_pos_embed_nhwc, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
 from ..checkpoint import PathLike, load_published_checkpoint
@@ -99,6 +99,19 @@ class VisionMamba(MambaEncoder):
         middle = tokens.shape[1] // 2
         cls = (self.cls_token + cls_pos).expand(tokens.shape[0], -1, -1)
         return self.pos_drop(torch.cat([tokens[:, :middle], cls, tokens[:, middle:]], dim=1))
+
+    def set_input_size(self, img_size: int | tuple[int, int] | None = None, patch_size=None) -> None:
+        """timm's ``model.set_input_size``: a new input size moves the tokenizer's grid and resamples
+        the positional table's grid to it (bicubic, as timm's ViTs do); the class token's entry
+        keeps its value and moves to the new grid's middle. A DART tokenizer keeps its token budget.
+        """
+        old_grid = tuple(self.patch_embed.grid_size)
+        self.patch_embed.set_input_size(img_size=img_size, patch_size=patch_size)
+        cls_pos, grid = split_prefix_pos_embed(self.pos_embed, old_grid, (self.class_table_index(),))
+        grid = resample_abs_pos_embed_nhwc(grid, list(self.patch_embed.grid_size)).flatten(1, 2)
+        middle = grid.shape[1] // 2
+        table = torch.cat([grid[:, :middle], cls_pos, grid[:, middle:]], dim=1)
+        self.pos_embed = nn.Parameter(table.detach(), requires_grad=self.pos_embed.requires_grad)
 
     def forward_features(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) → (B, N + 1, D) normalised token features (class token at N // 2)."""
