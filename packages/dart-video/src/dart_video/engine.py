@@ -39,7 +39,7 @@ from dart_core.training import (
     seed_rank,
     train_epoch,
 )
-from dart_core.training.arguments import unexpected_keyword
+from dart_core.training.arguments import SettingsError, refuse_flag_kwargs, unexpected_keyword
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
@@ -80,12 +80,10 @@ def build_model(config: TrainConfig, num_classes: int) -> VideoMamba:
                      if v is not None)
     elif config.num_tokens is not None:
         raise TrainingError(f"--num-tokens only applies to DART models; {config.model!r} is not one")
-    for key in config.model_kwargs:
-        if key == "num_classes":
-            raise TrainingError("--model-kwargs cannot set 'num_classes': it comes from the data (the class count)")
-        if key in flags:
-            raise TrainingError(f"--model-kwargs cannot set {key!r}, which {MODEL_FLAGS[key]} sets: use "
-                                f"{MODEL_FLAGS[key]} alone")
+    try:
+        refuse_flag_kwargs(config.model_kwargs, {key: MODEL_FLAGS[key] for key in flags}, "the class count")
+    except SettingsError as error:
+        raise TrainingError(str(error)) from error
     try:
         model = timm.create_model(config.model, num_classes=num_classes, **flags, **config.model_kwargs)
     except TypeError as error:

@@ -6,6 +6,7 @@ import argparse
 import contextlib
 import os
 import re
+from collections.abc import Mapping
 from typing import Any
 
 import yaml
@@ -80,6 +81,21 @@ def typed_setting(path: str, key: str, value: Any, kind: type, nullable: bool = 
             return kind(value)
     expected = ("a mapping" if kind is dict else kind.__name__) + (" or null" if nullable else "")
     raise SettingsError(f"config file {path!r}: {key} is {value!r}, expected {expected}")
+
+
+def refuse_flag_kwargs(model_kwargs: Mapping[str, Any], flags: Mapping[str, str], classes_from: str) -> None:
+    """Refuse ``--model-kwargs`` keys a tool passes to ``create_model`` itself (which would crash with
+    "got multiple values for keyword argument"): ``num_classes``, which comes from the data
+    (``classes_from`` says how), and the keys of ``flags`` (argument name → the flag that sets it).
+
+    Raises:
+        SettingsError: naming the key and the flag to use instead.
+    """
+    for key in model_kwargs:
+        if key == "num_classes":
+            raise SettingsError(f"--model-kwargs cannot set 'num_classes': it comes from the data ({classes_from})")
+        if key in flags:
+            raise SettingsError(f"--model-kwargs cannot set {key!r}, which {flags[key]} sets: use {flags[key]} alone")
 
 
 def unexpected_keyword(error: TypeError) -> str | None:
