@@ -2,6 +2,7 @@
 config trained / checkpointed / resumed / evaluated on the CPU through tools/train_dense.py."""
 
 import glob
+import json
 import os
 import os.path as osp
 import sys
@@ -225,6 +226,10 @@ def test_torchrun_two_processes_on_cpu(seg_root, tmp_path):
     assert osp.isfile(osp.join(work, "iter_2.pth")) and "seg/mIoU" in done.stdout + done.stderr
     from dart_dense.checkpoint import RNG_KEY, load_local_checkpoint
     assert len(load_local_checkpoint(osp.join(work, "iter_2.pth"))[RNG_KEY]) == 2  # each rank's generators
+    scalars = [json.loads(line) for path in glob.glob(osp.join(work, "*", "vis_data", "scalars.json"))
+               for line in open(path)]
+    # ScoreFallbackHook: each logged iteration carries the count, summed over both ranks
+    assert [record["score_fallbacks"] for record in scalars if "loss" in record] == [0, 0]
 
 
 @pytest.fixture

@@ -212,6 +212,8 @@ def test_dart_model_trains_with_scorer_and_published_checkpoint_evaluates(data_d
                 "--scorer-weights", str(tmp_path / "mnv3s.pth"), "--tensorboard", "--data-dir", data_dir,
                 "--output-dir", str(tmp_path / "train")])  # input: the model's 64
     assert run["global_step"] == 3
+    trains = [r for r in read_jsonl(tmp_path / "train" / "log.jsonl") if r["event"] == "train"]
+    assert trains and all(r["score_fallbacks"] == 0 for r in trains)
     assert any(f.startswith("events.out.tfevents") for f in os.listdir(tmp_path / "train" / "tb"))
     ckpt = load_checkpoint(tmp_path / "train" / "last.pth")
     frozen = {k.removeprefix("patch_embed.scorer.backbone."): v for k, v in ckpt["model"].items()

@@ -408,6 +408,7 @@ def test_two_processes_under_torchrun_and_exact_resume(digits_root, tmp_path):
     assert len(ckpt["rng"]) == 2 and not torch.equal(ckpt["rng"][0]["torch"], ckpt["rng"][1]["torch"])
     log = read_jsonl(tmp_path / "full" / "log.jsonl")
     assert [r["clips"] for r in log if r["event"] == "epoch"] == [4, 4]  # every validation clip once over both ranks
+    assert [r["score_fallbacks"] for r in log if r["event"] == "train"] == [0] * 6  # summed over the ranks
     start = next(r for r in log if r["event"] == "start")
     assert start["lr"] == pytest.approx(1e-2 * 2 * 2 * 2 / 256)  # global batch 8 clips
 

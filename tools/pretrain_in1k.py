@@ -73,6 +73,7 @@ from dart_core.training import (  # noqa: E402
     seed_everything,
     seed_rank,
     train_epoch,
+    wrap_ddp,
 )
 from dart_core.training.arguments import (  # noqa: E402
     DART_MODEL_FLAGS,
@@ -86,7 +87,6 @@ from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy  # noqa
 from timm.optim import create_optimizer_v2  # noqa: E402
 from timm.scheduler import create_scheduler_v2  # noqa: E402
 from timm.utils import ModelEmaV3  # noqa: E402
-from torch.nn.parallel import DistributedDataParallel  # noqa: E402
 from tqdm import tqdm  # noqa: E402
 
 CHECKPOINT_FORMAT = "dart-pretrain-1"
@@ -324,9 +324,7 @@ class Trainer:
         fp16 = ctx.device.type == "cuda" and args.amp_dtype == "float16"
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=fp16)
         self.ema = ModelEmaV3(model, decay=args.model_ema_decay) if args.model_ema else None
-        net = model
-        if ctx.world_size > 1:
-            net = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+        net = wrap_ddp(model, ctx)
         self.ddp = net if ctx.world_size > 1 else None
         self.net = torch.compile(net) if args.compile else net
         self.mixup = build_mixup(args, num_classes)
@@ -480,7 +478,7 @@ def train(args, ctx: DistContext, model, train_ds, val_ds, logger: JsonlLogger, 
             log_interval=args.log_interval, ckpt_interval=args.ckpt_interval, logger=logger,
             save=lambda: trainer.save(train_ds.classes), progress=not args.no_progress and ctx.is_main,
             on_log=None if writer is None else lambda loss, lr: log_train_scalars(writer, loss, lr, trainer.global_step),
-            kill_at_step=args.debug_kill_at_step, running=trainer.epoch_loss,
+            kill_at_step=args.debug_kill_at_step, running=trainer.epoch_loss, model=model,
         )
         stats = evaluate(model, val_loader, args, ctx, num_classes)
         improved = trainer.best_top1 is None or stats["top1"] > trainer.best_top1

@@ -80,6 +80,21 @@ def default_num_rows(num_tokens: int, grid_size: tuple[int, int] | None = None) 
     return max(1, round(math.sqrt(num_tokens * height / width)))
 
 
+def usable_scores(scores: torch.Tensor) -> torch.Tensor:
+    """Which samples' scores can be partitioned: finite, non-negative, with a positive sum.
+
+    Args:
+        scores: (B, h, w) scores.
+
+    Returns:
+        (B,) bool; False where :func:`score_density` falls back to a uniform map (or raises).
+    """
+    if scores.dim() != 3:
+        raise ValueError(f"scores must be (B, h, w); got shape {tuple(scores.shape)}")
+    flat = scores.to(torch.float64).flatten(1)  # as score_density sees them
+    return torch.isfinite(flat).all(-1) & (flat >= 0).all(-1) & (flat.sum(-1) > 0)
+
+
 def score_density(scores: torch.Tensor, on_invalid: InvalidPolicy = "uniform") -> torch.Tensor:
     """Normalise positive scores into a per-sample density ``pdf = score / score.sum()``.
 
@@ -92,11 +107,9 @@ def score_density(scores: torch.Tensor, on_invalid: InvalidPolicy = "uniform") -
     Returns:
         (B, h, w) float64 densities, each summing to 1.
     """
-    if scores.dim() != 3:
-        raise ValueError(f"scores must be (B, h, w); got shape {tuple(scores.shape)}")
     work = scores.to(torch.float64)
     flat = work.flatten(1)
-    valid = torch.isfinite(flat).all(-1) & (flat >= 0).all(-1) & (flat.sum(-1) > 0)
+    valid = usable_scores(work)
     if on_invalid == "raise":
         if not bool(valid.all()):
             bad = torch.nonzero(~valid).flatten().tolist()

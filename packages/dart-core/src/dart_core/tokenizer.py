@@ -10,6 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import to_2tuple
 
+from .fallbacks import add_fallback_counter, count_fallbacks
 from .partition import InvalidPolicy, Partition, check_count, default_num_rows, partition
 from .pos_embed import resample_pos_embed
 from .sampling import sample_patches
@@ -56,6 +57,8 @@ class DART(nn.Module):
         scorer: module mapping (B, C, H, W) images to (B, h, w) positive scores on the grid
             (see :mod:`dart_core.scorers`); required.
         on_invalid: fallback for non-finite / all-zero scores, see :func:`dart_core.partition`.
+            The buffer ``score_fallbacks`` counts the samples that fell back (see
+            :mod:`dart_core.fallbacks`).
     """
 
     def __init__(
@@ -103,6 +106,7 @@ class DART(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, bias=bias, device=device, dtype=dtype)
         self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
         self.scorer = scorer
+        add_fallback_counter(self)  # samples whose scores fell back to a uniform grid, see dart_core.fallbacks
 
     def set_grid(self, img_size: int | tuple[int, int]) -> None:
         """Set ``img_size`` and the score grid it implies: (H, W) / (patch_size × sample_scale)."""
@@ -189,6 +193,7 @@ class DART(nn.Module):
         """
         self.check_input(images)
         scores = self.scorer(images)
+        count_fallbacks(self, scores)
         part = partition(scores, self.num_rows, self.num_tokens, on_invalid=self.on_invalid)
         patches = sample_patches(images, part, self.patch_size[0])
         tokens = self.norm(self.project(patches))

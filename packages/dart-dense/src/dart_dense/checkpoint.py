@@ -25,12 +25,20 @@ from typing import Any
 
 import numpy as np
 import torch
-from dart_core.training import all_gather_objects, atomic_path, capture_rng_state, restore_rng_state
+from dart_core.training import (
+    all_gather_objects,
+    atomic_path,
+    capture_rng_state,
+    keep_fallback_counters_per_rank,
+    restore_rng_state,
+)
 from dart_core.training.checkpoint import CheckpointError, load_weights_only
 from mmengine.dist import get_rank, get_world_size, is_main_process
 from mmengine.logging.history_buffer import HistoryBuffer
 from mmengine.registry import RUNNERS
 from mmengine.runner import CheckpointLoader, Runner
+
+from .fallback_hook import ScoreFallbackHook
 
 BUFFER_TAG = "__history_buffer__"
 RNG_KEY = "dart_rng"  # one capture_rng_state() per rank, in rank order
@@ -122,7 +130,17 @@ class RestoreRngBeforeFetch:
 @RUNNERS.register_module()
 class DartRunner(Runner):
     """mmengine's Runner with plain (weights-only loadable), atomic checkpoint saves and an exact
-    resume of the random number generators."""
+    resume of the random number generators; it also logs the images whose scores fell back to a
+    uniform warp (:class:`dart_dense.fallback_hook.ScoreFallbackHook`), counted on each rank."""
+
+    def register_hooks(self, default_hooks=None, custom_hooks=None) -> None:
+        super().register_hooks(default_hooks, custom_hooks)
+        self.register_hook(ScoreFallbackHook())
+
+    def wrap_model(self, model_wrapper_cfg, model):
+        """mmengine's wrapping, with the score-fallback counters kept out of DDP's broadcast."""
+        keep_fallback_counters_per_rank(model)
+        return super().wrap_model(model_wrapper_cfg, model)
 
     def call_hook(self, fn_name: str, **kwargs) -> None:
         # Runner.save_checkpoint calls this hook last, just before writing: make the dict plain.

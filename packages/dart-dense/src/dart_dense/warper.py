@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
+from dart_core.fallbacks import add_fallback_counter, count_fallbacks
 from dart_core.scorers import build_scorer
 
 from .warp import GridWarp, check_image_sizes
@@ -37,6 +38,8 @@ class DartWarp(nn.Module):
         self.cell_size = int(cell_size)
         self.scorer = scorer
         self.score_input_size = tuple(score_input_size) if score_input_size else self.out_size
+        if scorer is not None:  # images whose scores fell back to the uniform grid, see dart_core.fallbacks
+            add_fallback_counter(self)
 
     @property
     def out_size(self) -> tuple[int, int]:
@@ -50,6 +53,7 @@ class DartWarp(nn.Module):
             return GridWarp.uniform(sizes, self.grid, self.cell_size, images.device)
         score_warp = GridWarp.uniform(sizes, self.score_input_size, 1, images.device)
         scores = self.scorer(score_warp.warp_image(images))
+        count_fallbacks(self, scores)
         # the sizes are on the device already: the one host-to-device copy is the score warp's
         return GridWarp.from_scores(scores, score_warp.image_sizes, self.grid, self.cell_size, score_warp.host_sizes)
 

@@ -38,12 +38,12 @@ from dart_core.training import (
     save_last_and_best,
     seed_rank,
     train_epoch,
+    wrap_ddp,
 )
 from dart_core.training.arguments import SettingsError, refuse_flag_kwargs, unexpected_keyword
 from timm.loss import LabelSmoothingCrossEntropy, SoftTargetCrossEntropy
 from timm.optim import create_optimizer_v2
 from timm.scheduler import create_scheduler_v2
-from torch.nn.parallel import DistributedDataParallel
 from torch.utils.data import DataLoader
 from tqdm import tqdm
 
@@ -207,9 +207,7 @@ class Trainer:
             updates_per_epoch=steps_per_epoch)
         fp16 = ctx.device.type == "cuda" and config.amp_dtype == "float16"
         self.scaler = torch.amp.GradScaler(ctx.device.type, enabled=fp16)
-        self.net = model
-        if ctx.world_size > 1:
-            self.net = DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
+        self.net = wrap_ddp(model, ctx)
         mixing = config.mixup > 0 or config.cutmix > 0
         self.mixup = ClipMixup(config.mixup, config.cutmix, config.mixup_prob, config.mixup_switch_prob,
                                config.smoothing, num_classes) if mixing else None
@@ -334,7 +332,7 @@ def fit(config: TrainConfig, ctx: DistContext, model: VideoMamba, train_samples,
             trainer, trainer.step, sampler, loader, steps_per_epoch, config.accum_steps * config.batch_size,
             log_interval=config.log_interval, ckpt_interval=config.ckpt_interval, logger=logger,
             save=lambda: trainer.save(out, classes), progress=config.progress and ctx.is_main,
-            kill_at_step=kill_at_step, running=trainer.epoch_loss,
+            kill_at_step=kill_at_step, running=trainer.epoch_loss, model=model,
         )
         metrics = evaluate(model, val_loader, config, ctx)
         improved = trainer.best_top1 is None or metrics["top1"] > trainer.best_top1

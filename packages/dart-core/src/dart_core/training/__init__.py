@@ -17,13 +17,15 @@ from .distributed import (
     all_gather_objects,
     all_reduce_sum,
     init_distributed,
+    keep_fallback_counters_per_rank,
     leaving_process_group,
     seed_rank,
     teardown_distributed,
+    wrap_ddp,
 )
 from .flops import count_flops, count_params, unfused_attention
 from .jsonl import JsonlLogger, read_jsonl
-from .loop import RunningMean, train_epoch
+from .loop import RunningMean, fallback_fields, train_epoch
 from .rng import capture_rng_state, restore_rng_state, seed_everything, seeded_rng
 from .step import optimizer_update, resume_optimizer, resume_scaler
 
@@ -41,7 +43,9 @@ __all__ = [
     "capture_rng_state",
     "count_flops",
     "count_params",
+    "fallback_fields",
     "init_distributed",
+    "keep_fallback_counters_per_rank",
     "leaving_process_group",
     "load_checkpoint",
     "optimizer_update",
@@ -59,4 +63,5 @@ __all__ = [
     "teardown_distributed",
     "train_epoch",
     "unfused_attention",
+    "wrap_ddp",
 ]

@@ -18,7 +18,10 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from torch import nn
+from torch.nn.parallel import DistributedDataParallel
 
+from ..fallbacks import fallback_counters
 from .rng import seed_everything
 
 
@@ -117,6 +120,28 @@ def seed_rank(seed: int, rank: int) -> int:
     rank_seed = seed + rank
     seed_everything(rank_seed)
     return rank_seed
+
+
+def keep_fallback_counters_per_rank(model: nn.Module) -> None:
+    """Mark ``model``'s ``score_fallbacks`` counters (:mod:`dart_core.fallbacks`) as buffers that a
+    DistributedDataParallel wrapper built afterwards leaves alone (DDP's own hook for this,
+    ``_ddp_params_and_buffers_to_ignore``; names already there are kept)."""
+    ignored = list(getattr(model, "_ddp_params_and_buffers_to_ignore", []))
+    ignored += [name for name in fallback_counters(model) if name not in ignored]
+    DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(model, ignored)
+
+
+def wrap_ddp(model: nn.Module, ctx: DistContext) -> nn.Module:
+    """``model`` under DistributedDataParallel when ``ctx`` has several ranks, else ``model``.
+
+    The tokenizers' ``score_fallbacks`` counters (:mod:`dart_core.fallbacks`) are left out of
+    DDP's buffer broadcast, so that each rank keeps its own count; the other buffers are
+    broadcast from rank 0 as usual.
+    """
+    if ctx.world_size <= 1:
+        return model
+    keep_fallback_counters_per_rank(model)
+    return DistributedDataParallel(model, device_ids=[ctx.local_rank] if ctx.device.type == "cuda" else None)
 
 
 def all_reduce_sum(values: torch.Tensor) -> torch.Tensor:

@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from torch import nn
 from tqdm import tqdm
 
+from ..fallbacks import take_fallback_count
 from .data import EpochSampler
+from .distributed import all_reduce_sum
 from .jsonl import JsonlLogger
 
 
@@ -41,6 +45,15 @@ class RunningMean:
         self.total, self.count = float(state["total"]), int(state["count"])
 
 
+def fallback_fields(model: nn.Module) -> dict[str, int]:
+    """``{"score_fallbacks": n}``: the samples, summed over ranks, whose scores fell back to a
+    uniform grid since the last call (:mod:`dart_core.fallbacks`; evaluation passes included);
+    the counters are cleared. Empty for a model without DART tokenizers. A collective: every
+    rank must call it at the same step. One host sync."""
+    count = take_fallback_count(model)
+    return {} if count is None else {"score_fallbacks": int(all_reduce_sum(count))}
+
+
 def train_epoch(
     trainer: Any,
     step: Callable[[Any], float],
@@ -57,6 +70,7 @@ def train_epoch(
     progress: bool = True,
     on_log: Callable[[float, float], None] | None = None,
     kill_at_step: int | None = None,
+    model: nn.Module | None = None,
 ) -> None:
     """Run epoch ``trainer.epoch`` from optimizer step ``trainer.step_in_epoch`` to its end.
 
@@ -74,6 +88,8 @@ def train_epoch(
         running: the epoch's loss mean, reset at the epoch's first step and fed every step's loss;
             save it with the checkpoint so that a resumed epoch's mean covers the whole epoch.
         kill_at_step: tests only: SIGKILL the process at this global step, like a pre-empted job.
+        model: the model being trained; each ``train`` event then carries its ``score_fallbacks``
+            (:func:`fallback_fields`), and a non-zero count is also printed to stderr.
     """
     epoch = trainer.epoch
     sampler.set_epoch(epoch)
@@ -88,8 +104,16 @@ def train_epoch(
             bar.update(1)
             lr = max(group["lr"] for group in trainer.optimizer.param_groups)
             if trainer.global_step % log_interval == 0 or trainer.step_in_epoch == steps_per_epoch:
+                fields = fallback_fields(model) if model is not None else {}
                 logger.log(event="train", epoch=epoch, step=trainer.step_in_epoch, global_step=trainer.global_step,
-                           loss=loss, lr=lr)
+                           loss=loss, lr=lr, **fields)
+                if fields.get("score_fallbacks") and logger.enabled:
+                    tqdm.write(
+                        f"warning: step {trainer.global_step}: {fields['score_fallbacks']} samples since the last log "
+                        "had non-finite, negative or all-zero scores and were tokenised on a uniform grid (is the "
+                        "scorer diverging? build the model with on_invalid='raise' to stop at the first)",
+                        file=sys.stderr,
+                    )
                 bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}")
                 if on_log is not None:
                     on_log(loss, lr)
