@@ -198,8 +198,8 @@ def test_patch_timm_keeps_a_pretrained_vit_exact_under_uniform_scores():
     assert (after - before).abs().max() < 1e-3
     vit2 = patch_timm(timm.create_model("vit_tiny_patch16_224", img_size=64, depth=1), num_tokens=9, sample_scale=2)
     assert vit2(torch.rand(1, 3, 128, 128)).shape == (1, 1000)
-    with pytest.raises(NotImplementedError, match="fixed patch grid"):
-        vit2.forward_intermediates(torch.rand(1, 3, 128, 128))
+    with pytest.raises(ValueError, match="lie on no grid"):
+        vit2.forward_intermediates(torch.rand(1, 3, 128, 128), output_fmt="NCHW")
 
 
 # ---- published checkpoints --------------------------------------------------------------------

@@ -11,6 +11,7 @@ add gets ``p``.
 from __future__ import annotations
 
 import math
+from collections.abc import Container
 
 import torch
 import torch.nn as nn
@@ -34,14 +35,23 @@ class MambaBlock(nn.Module):
         self.drop_path = DropPath(drop_path) if drop_path > 0 else nn.Identity()
         self.residual_in_fp32 = residual_in_fp32
 
-    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
-        """(B, L, D) mixer output of the previous block (or the tokens) and the residual (None for
-        the first block) → this block's (mixer output, residual)."""
+    def add(self, hidden: torch.Tensor, residual: torch.Tensor | None) -> torch.Tensor:
+        """The (B, L, D) residual stream this block normalises: ``residual + drop_path(hidden)``
+        (``hidden``, the tokens, for the first block: ``residual`` None)."""
         residual = hidden if residual is None else residual + self.drop_path(hidden)
         if self.residual_in_fp32:
             residual = residual.to(torch.promote_types(residual.dtype, torch.float32))
-        hidden = self.mixer(self.norm(residual.to(self.norm.weight.dtype)))
-        return hidden, residual
+        return residual
+
+    def mix(self, residual: torch.Tensor) -> torch.Tensor:
+        """(B, L, D) residual stream → (B, L, D) mixer output ``mixer(norm(residual))``."""
+        return self.mixer(self.norm(residual.to(self.norm.weight.dtype)))
+
+    def forward(self, hidden: torch.Tensor, residual: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(B, L, D) mixer output of the previous block (or the tokens) and the residual (None for
+        the first block) → this block's (mixer output, residual)."""
+        residual = self.add(hidden, residual)
+        return self.mix(residual), residual
 
 
 class MambaEncoder(nn.Module):
@@ -83,10 +93,33 @@ class MambaEncoder(nn.Module):
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 
+    def residual_stream(
+        self, tokens: torch.Tensor, take: Container[int] = (), depth: int | None = None
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the first ``depth`` blocks (all by default) on (B, L, D) tokens.
+
+        Block i's output is the residual stream after it, ``residual + drop_path(mixer output)``:
+        the (B, L, D) sum that block i + 1 normalises, or the final norm after the last block (each
+        adds with its own drop path, so in training the values are those the forward uses).
+
+        Returns:
+            The last block's output and the outputs of the blocks in ``take``.
+        """
+        layers = self.layers[:depth]
+        residual, outputs = self.layers[0].add(tokens, None), []
+        for i, layer in enumerate(layers):
+            hidden = layer.mix(residual)
+            after = self.layers[i + 1] if i + 1 < len(self.layers) else None
+            residual = residual + self.drop_path(hidden) if after is None else after.add(hidden, residual)
+            if i in take:
+                outputs.append(residual)
+        return residual, outputs
+
+    def final_norm(self, residual: torch.Tensor) -> torch.Tensor:
+        """The final norm of a (B, L, D) residual stream (``norm_f`` may be pruned to Identity)."""
+        weight = getattr(self.norm_f, "weight", None)
+        return self.norm_f(residual if weight is None else residual.to(weight.dtype))
+
     def forward(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, L, D) tokens → (B, L, D) normalised features."""
-        hidden, residual = tokens, None
-        for layer in self.layers:
-            hidden, residual = layer(hidden, residual)
-        residual = residual + self.drop_path(hidden)
-        return self.norm_f(residual.to(self.norm_f.weight.dtype))
+        return self.final_norm(self.residual_stream(tokens)[0])

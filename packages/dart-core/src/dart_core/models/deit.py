@@ -13,12 +13,14 @@ the checkpoint's classifier is dropped, as timm does).
 
 from __future__ import annotations
 
+from collections.abc import Container
 from functools import partial
 
 import torch
 import torch.nn as nn
 from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
+from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import VisionTransformer
 
 from ..checkpoint import PathLike, load_published_checkpoint
@@ -41,7 +43,9 @@ class DARTViTMixin:
     """Replaces a VisionTransformer's patch embedding + positional embedding with DART's.
 
     The positional table stays timm's ``pos_embed`` (prefix entries first unless
-    ``no_embed_class``); its grid part is resampled per image for the DART tokens.
+    ``no_embed_class``); its grid part is resampled per image for the DART tokens. timm's
+    ``prune_intermediate_layers`` applies unchanged (it keeps the first blocks and drops the final
+    norm and the head on request); :meth:`forward_intermediates` returns tokens, not maps.
     """
 
     def dart_prefix_index(self) -> tuple[int, ...]:
@@ -68,20 +72,131 @@ class DARTViTMixin:
             tokens = torch.cat([prefix, tokens], dim=1)
         return self.pos_drop(tokens)
 
+    def dart_tokens(self, images: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) images → the (B, prefix + N, D) tokens the first block sees."""
+        return self.norm_pre(self.patch_drop(self.dart_embed(images)))
+
+    def dart_blocks(
+        self, x: torch.Tensor, take: Container[int] = (), depth: int | None = None,
+        attn_mask: torch.Tensor | None = None, is_causal: bool = False,
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """Run the first ``depth`` blocks (all by default) on (B, prefix + N, D) tokens.
+
+        Returns:
+            The last block's (B, prefix + N, D) output and the outputs of the blocks in ``take``.
+        """
+        outputs = []
+        for i, block in enumerate(self.blocks[:depth]):
+            x = block(x, attn_mask=attn_mask, is_causal=is_causal) if attn_mask is not None or is_causal else block(x)
+            if i in take:
+                outputs.append(x)
+        return x, outputs
+
     def forward_features(self, x: torch.Tensor, attn_mask: torch.Tensor | None = None, is_causal: bool = False):
-        x = self.norm_pre(self.patch_drop(self.dart_embed(x)))
-        if attn_mask is not None or is_causal:
-            for block in self.blocks:
-                x = block(x, attn_mask=attn_mask, is_causal=is_causal)
-        else:
-            x = self.blocks(x)
+        """(B, C, H, W) images → (B, prefix + N, D) normalised token features."""
+        x, _ = self.dart_blocks(self.dart_tokens(x), attn_mask=attn_mask, is_causal=is_causal)
         return self.norm(x)
 
-    def forward_intermediates(self, *args, **kwargs):
-        raise NotImplementedError(
-            "forward_intermediates assumes a fixed patch grid; DART tokens have none. Use forward_features, "
-            "or the tokenizer's partition (patch_embed(x, return_details=True)) to map tokens to regions."
+    def forward_intermediates(
+        self,
+        x: torch.Tensor,
+        indices: int | list[int] | tuple[int, ...] | None = None,
+        return_prefix_tokens: bool = False,
+        norm: bool = False,
+        stop_early: bool = False,
+        output_fmt: str = "NLC",
+        intermediates_only: bool = False,
+        output_dict: bool = False,
+        attn_mask: torch.Tensor | None = None,
+        is_causal: bool = False,
+    ):
+        """timm's ``forward_intermediates`` for DART tokens: the output of chosen blocks.
+
+        An intermediate is block i's output with the prefix tokens (class, distillation,
+        register) split off: (B, N, D) for N DART tokens, in the tokenizer's order. The tokens lie
+        on no patch grid, so only ``output_fmt='NLC'`` is supported; the partition from
+        ``patch_embed(x, return_details=True)`` maps token j to its image region.
+
+        Args:
+            x: (B, C, H, W) images.
+            indices: the last n blocks (int), the blocks at these indices (list; negative counts
+                from the end) or all (None), as :func:`timm.models._features.feature_take_indices`.
+            return_prefix_tokens: each intermediate becomes ((B, N, D) tokens, (B, prefix, D)
+                prefix tokens) (a model without prefix tokens returns the tokens alone).
+            norm: apply the final norm to the intermediates.
+            stop_early: run no block after the last one asked for (the final features are then
+                the final norm of that block's output).
+            output_fmt: ``'NLC'``.
+            intermediates_only: return the intermediates alone.
+            output_dict: return ``{'image_intermediates': [...], 'image_intermediates_prefix':
+                [...] (with return_prefix_tokens), 'image_features': ...}`` as timm does.
+            attn_mask, is_causal: passed to every block, as in :meth:`forward_features`.
+
+        Returns:
+            ((B, prefix + N, D) final features, [intermediates]), or the list alone with
+            ``intermediates_only``, or the dict with ``output_dict``.
+
+        Raises:
+            ValueError: ``output_fmt`` is not ``'NLC'`` (``'NCHW'`` needs a patch grid).
+        """
+        token_output_fmt(output_fmt, grid=False)
+        take, last = feature_take_indices(len(self.blocks), indices)
+        x, outputs = self.dart_blocks(self.dart_tokens(x), take, last + 1 if stop_early else None, attn_mask, is_causal)
+        prefix = self.num_prefix_tokens
+        intermediates = [(y[:, prefix:], y[:, :prefix]) for y in (map(self.norm, outputs) if norm else outputs)]
+        return pack_intermediates(
+            intermediates, None if intermediates_only else self.norm(x),
+            return_prefix_tokens and prefix > 0, output_dict,
         )
+
+
+def token_output_fmt(output_fmt: str, grid: bool) -> bool:
+    """Check ``forward_intermediates``' ``output_fmt`` for a token model; True: reshape to NCHW.
+
+    Args:
+        grid: whether the tokens lie on a fixed patch grid (False for DART tokens).
+
+    Raises:
+        ValueError: an unknown format, or ``'NCHW'`` for tokens on no grid.
+    """
+    if output_fmt not in ("NLC", "NCHW"):
+        raise ValueError(f"output_fmt={output_fmt!r}: forward_intermediates returns 'NLC' (B, N, D) tokens"
+                         + (" or 'NCHW' (B, D, h, w) maps" if grid else ""))
+    if output_fmt == "NCHW" and not grid:
+        raise ValueError(
+            "output_fmt='NCHW' reshapes the tokens to a patch grid, but DART's content-adaptive tokens lie on no "
+            "grid: use output_fmt='NLC' ((B, N, D) tokens), and the partition from "
+            "patch_embed(x, return_details=True) to map each token to its image region"
+        )
+    return output_fmt == "NCHW"
+
+
+def pack_intermediates(
+    intermediates: list[tuple[torch.Tensor, torch.Tensor]],
+    features: torch.Tensor | None,
+    return_prefix_tokens: bool,
+    output_dict: bool,
+):
+    """timm's ``forward_intermediates`` return value from (tokens, prefix tokens) pairs.
+
+    Args:
+        intermediates: per chosen block, its (B, N, D) tokens (or (B, D, h, w) map) and its
+            (B, prefix, D) prefix tokens.
+        features: the (B, L, D) final features, None for ``intermediates_only``.
+        return_prefix_tokens: return the prefix tokens too (pairs, or the dict's
+            ``'image_intermediates_prefix'``).
+        output_dict: a dict instead of a tuple / list.
+    """
+    tokens = [pair[0] for pair in intermediates]
+    if output_dict:
+        out = {"image_intermediates": tokens}
+        if return_prefix_tokens:
+            out["image_intermediates_prefix"] = [pair[1] for pair in intermediates]
+        if features is not None:
+            out["image_features"] = features
+        return out
+    chosen = intermediates if return_prefix_tokens else tokens
+    return chosen if features is None else (features, chosen)
 
 
 class DARTVisionTransformer(DARTViTMixin, VisionTransformer):
