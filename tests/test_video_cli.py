@@ -1,11 +1,18 @@
 """The dart-video command line on a tiny SSv2-layout dataset of real (PyAV-written) webm files."""
 
+import dataclasses
 import json
+import re
 
+import numpy as np
 import pytest
 from dart_core.training import load_checkpoint, read_jsonl
+from dart_core.visualize import draw_partition, heatmap, partition_overview, to_pil
+from dart_video import cli
 from dart_video.cli import main
+from dart_video.recipes import TrainConfig
 from PIL import Image
+from test_visualize import caption_boxes
 from video_fixtures import ssv2_root, write_webm  # noqa: F401  (fixture)
 
 TINY = ["--model", "videomamba_tiny_dart_patch16_224", "--num-frames", "2", "--img-size", "32", "--num-tokens", "4",
@@ -70,3 +77,80 @@ def test_errors_are_one_clear_line(ssv2_root, tmp_path, capsys):  # noqa: F811
     assert "no.pth' does not exist" in capsys.readouterr().err
     assert main(["eval", "--data", str(tmp_path), "--config", "videomamba_huge_ssv2_8f"]) == 1
     assert "unknown config 'videomamba_huge_ssv2_8f'" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- help and the 64-pixel picture (user review)
+
+
+def help_entries(command, capsys):
+    """``dart-video COMMAND --help`` as {an entry's option strings: its text, whitespace joined}."""
+    with pytest.raises(SystemExit) as exit_info:
+        main([command, "--help"])
+    assert exit_info.value.code == 0
+    entries, current = {}, None
+    for line in capsys.readouterr().out.splitlines():
+        if re.match(r"  \S", line):  # an option or positional; its help continues on deeper lines
+            current = re.split(r"\s{2,}", line.strip(), maxsplit=1)[0]
+            entries[current] = line.strip()
+        elif line.startswith("   ") and current is not None:
+            entries[current] += " " + line.strip()
+        else:  # usage, a section title or a blank line
+            current = None
+    return {key: " ".join(text.split()) for key, text in entries.items()}
+
+
+def flags(entries):
+    return {word.rstrip(",") for key in entries for word in key.split() if word.startswith("--")}
+
+
+def test_visualize_help_lists_only_what_visualize_uses(capsys):
+    shown = flags(help_entries("visualize", capsys))
+    for used in ("--checkpoint", "--out", "--config", "--model", "--num-frames", "--img-size", "--num-tokens",
+                 "--model-kwargs", "--scorer-weights", "--init", "--device"):
+        assert used in shown
+    for training_only in ("--epochs", "--mixup", "--cutmix", "--lr", "--blr", "--batch-size", "--workers", "--aa",
+                          "--drop-path", "--seed", "--test-clips", "--resume", "--data"):
+        assert training_only not in shown
+    with pytest.raises(SystemExit):
+        main(["visualize", "clip.webm", "--epochs", "3"])
+    assert "unrecognized arguments: --epochs 3" in capsys.readouterr().err
+
+
+def test_train_and_eval_help_list_every_setting(capsys):
+    every = {"--" + f.name.replace("_", "-") for f in dataclasses.fields(TrainConfig)}
+    assert every <= flags(help_entries("train", capsys))
+    assert every <= flags(help_entries("eval", capsys))
+
+
+@pytest.mark.parametrize("command", ["train", "eval", "visualize"])
+def test_help_states_each_default_once(command, capsys):
+    entries = help_entries(command, capsys)
+    assert "DART token budget (default 196·T/2)" in entries["--num-tokens NUM_TOKENS"]
+    assert "(default 224)" in entries["--img-size IMG_SIZE"]  # defaults the text does not state are still shown
+    for text in entries.values():
+        assert len(re.findall(r"\bdefault\b", text)) <= 1, f"{command} --help states a default twice: {text!r}"
+
+
+def test_visualize_picture_of_64_pixel_frames(tmp_path, monkeypatch):
+    """The review's case: 64-pixel frames; the captions stay in their own panels' columns and
+    the panels are the heat map and partition of the clip, unchanged."""
+    video, png = tmp_path / "clip.webm", tmp_path / "clip.png"
+    write_webm(video, frames=6)
+    drawn = []
+
+    def overview(image, part, **options):
+        drawn.append((image, part, options))
+        return partition_overview(image, part, **options)
+
+    monkeypatch.setattr(cli, "partition_overview", overview)
+    tiny = [a if a != "32" else "64" for a in TINY]
+    assert main(["visualize", str(video), *tiny, "--out", str(png)]) == 0
+    image, part, options = drawn[0]
+    frames = to_pil(image, mean=options["mean"], std=options["std"])
+    assert frames.size == (64, 2 * 64)  # two 64-pixel frames stacked
+    panels = [heatmap(frames, options["scores"]), draw_partition(frames, part)]
+    with Image.open(png) as picture:
+        grid = np.asarray(picture.convert("RGB"))
+    caption_boxes(grid, [p.size for p in panels])
+    for k, panel in enumerate(panels):
+        np.testing.assert_array_equal(grid[4:4 + 128, 4 + 68 * k:4 + 68 * k + 64], np.asarray(panel))

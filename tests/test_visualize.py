@@ -16,12 +16,16 @@ from dart_core.visualize import (
     draw_partition,
     heatmap,
     image_grid,
+    partition_overview,
     patch_mosaic,
     save_partition_png,
     to_pil,
     token_pieces,
+    wrap_caption,
 )
-from PIL import Image
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from PIL import Image, ImageDraw, ImageFont
 
 WHITE, BLACK = (255, 255, 255), (0, 0, 0)
 # These tests use randomly initialised frozen scorer backbones on purpose (dart_core.scorers warns).
@@ -326,3 +330,96 @@ def test_cli_feeds_a_checkpoint_the_input_size_its_model_was_built_for(tmp_path,
     assert main(["visualize", str(image), "--checkpoint", str(checkpoint), "--out", str(tmp_path / "o.png")]) == 0, \
         capsys.readouterr().err
     assert "on a 224x224 input" in capsys.readouterr().err
+
+
+# ---------------------------------------------------------------- captions on small panels (user review)
+
+
+def caption_boxes(grid, panel_sizes, columns=None, pad=4, background=WHITE):
+    """Independent check of an ``image_grid`` layout from its pixels alone: the ink box (x0, y0,
+    x1, y1) of each caption. Cells are as wide as the widest panel (asserted from the picture's
+    width) and share the height left over; the ink outside the panels must lie in caption k's
+    band (below panel k, inside cell k), and every caption has some."""
+    count = len(panel_sizes)
+    columns = columns or count
+    rows = -(-count // columns)
+    cell_w = max(w for w, _ in panel_sizes)
+    assert grid.shape[1] == pad + columns * (cell_w + pad)  # no caption widens its column
+    cell_h = (grid.shape[0] - pad) // rows - pad
+    assert grid.shape[0] == pad + rows * (cell_h + pad)
+    ink = (grid != background).any(axis=-1)
+    corners = [(pad + (k % columns) * (cell_w + pad), pad + (k // columns) * (cell_h + pad)) for k in range(count)]
+    for (left, top), (w, h) in zip(corners, panel_sizes, strict=True):
+        ink[top:top + h, left:left + w] = False
+    boxes, inside = [], 0
+    for k, ((left, top), (_, h)) in enumerate(zip(corners, panel_sizes, strict=True)):
+        band = ink[top + h:top + cell_h, left:left + cell_w]
+        ys, xs = np.nonzero(band)
+        assert xs.size, f"caption {k} left no ink in its band"
+        boxes.append((left + xs.min(), top + h + ys.min(), left + xs.max() + 1, top + h + ys.max() + 1))
+        inside += int(band.sum())
+    assert inside == int(ink.sum()), "caption ink outside its own cell: it overlaps a neighbour or runs past"
+    for a in range(count):
+        for b in range(a + 1, count):
+            (ax0, ay0, ax1, ay1), (bx0, by0, bx1, by1) = boxes[a], boxes[b]
+            assert ax1 <= bx0 or bx1 <= ax0 or ay1 <= by0 or by1 <= ay0, f"captions {a} and {b} intersect"
+    return boxes
+
+
+def darkness(pixels):
+    """Total ink of black text on white: the sum of (255 - grey) over the pixels."""
+    return float((255 - np.asarray(pixels, dtype=np.float64).mean(axis=-1)).sum())
+
+
+LONG_CAPTIONS = ["scores (blue low, yellow high) and a rather long-winded explanation of the colours",
+                 "partition: 14 rows, 196 tokens; jagged fjords",
+                 "sampled patches, row-major, supercalifragilisticexpialidocious"]
+
+
+@pytest.mark.parametrize("size", [32, 64, 224])
+@pytest.mark.parametrize("columns", [None, 2])
+def test_image_grid_captions_stay_in_their_cells(size, columns):
+    rng = np.random.default_rng(size)
+    panels = [rng.integers(0, 256, (size, size, 3), dtype=np.uint8) for _ in LONG_CAPTIONS]
+    grid = np.asarray(image_grid(panels, LONG_CAPTIONS, columns=columns))
+    boxes = caption_boxes(grid, [(size, size)] * len(panels), columns=columns)
+    per_row = columns or len(panels)
+    cell_h = (grid.shape[0] - 4) // -(-len(panels) // per_row) - 4
+    for k, panel in enumerate(panels):  # the panels are pasted unchanged
+        left, top = 4 + (k % per_row) * (size + 4), 4 + (k // per_row) * (cell_h + 4)
+        np.testing.assert_array_equal(grid[top:top + size, left:left + size], panel)
+    # Nothing is dropped: each caption's wrapped ink weighs what the caption drawn on one line does.
+    font = ImageFont.load_default(size=14)
+    for caption, (x0, y0, x1, y1) in zip(LONG_CAPTIONS, boxes, strict=True):
+        line = Image.new("RGB", (2000, 40), WHITE)
+        ImageDraw.Draw(line).text((5, 5), caption, fill=BLACK, font=font)
+        assert darkness(grid[y0:y1, x0:x1]) == pytest.approx(darkness(line), rel=0.05)
+
+
+def test_partition_overview_captions_fit_64_pixel_panels():
+    """The review's case: a 64-pixel input, scores, partition and mosaic captions side by side."""
+    torch.manual_seed(0)
+    image = torch.rand(1, 3, 64, 64)
+    scores = torch.rand(1, 4, 4) + 0.1
+    part = partition(scores, num_rows=4, num_tokens=16)
+    patches = sample_patches(image, part, 8)
+    grid = np.asarray(partition_overview(image, part, scores=scores, patches=patches))
+    panels = [heatmap(image, scores), draw_partition(image, part), patch_mosaic(patches)]
+    caption_boxes(grid, [p.size for p in panels])
+    for k, panel in enumerate(panels):
+        np.testing.assert_array_equal(grid[4:4 + panel.height, 4 + 68 * k:4 + 68 * k + panel.width], np.asarray(panel))
+
+
+@settings(max_examples=60, deadline=None)
+@given(words=st.lists(st.text(alphabet="aijfWm,-( ", min_size=1, max_size=14), min_size=0, max_size=8),
+       width=st.integers(1, 90))
+def test_wrap_caption_fits_the_width_and_keeps_every_character(words, width):
+    font = ImageFont.load_default(size=14)
+    text = " ".join(words)
+    lines = wrap_caption(text, font, width)
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    for line in lines:
+        left, _, right, _ = probe.textbbox((0, 0), line, font=font)
+        assert line == line.strip() and line
+        assert right - min(left, 0) <= width or len(line) == 1, (line, width)
+    assert "".join(lines).replace(" ", "") == "".join(text.split())

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import uuid
 from collections.abc import Sequence
 
@@ -308,6 +309,44 @@ def save_partition_png(
     return picture
 
 
+def text_width(font: ImageFont.ImageFont | ImageFont.FreeTypeFont, text: str) -> int:
+    """Pixels from the pen position's left (or the ink's, for a glyph that reaches left of its
+    pen position, e.g. "j") to the right end of the ink of ``text`` drawn in ``font``."""
+    left, _, right, _ = font.getbbox(text)
+    return right - min(left, 0)
+
+
+def wrap_caption(text: str, font: ImageFont.ImageFont | ImageFont.FreeTypeFont, width: int) -> list[str]:
+    """Greedy word wrap: ``text`` as lines at most ``width`` pixels wide (:func:`text_width`).
+
+    Lines break at whitespace (runs of it become one space; a newline in ``text`` always breaks)
+    and after a hyphen inside a word ("row-" | "major"). A piece wider than ``width`` on its own
+    is split between characters; only a single character wider than ``width`` makes a wider
+    line (of that character alone). Nothing but whitespace is dropped: joining the lines with
+    spaces gives ``text``'s words, except at the splits inside words.
+    """
+    lines: list[str] = []
+    for paragraph in text.split("\n"):
+        line = ""
+        for word in paragraph.split():
+            for k, piece in enumerate(re.findall(r"[^-]*-|[^-]+", word)):
+                joined = line + (" " if k == 0 else "") + piece if line else piece
+                if text_width(font, joined) <= width:
+                    line = joined
+                    continue
+                if line:
+                    lines.append(line)
+                line = ""
+                for character in piece:
+                    if line and text_width(font, line + character) > width:
+                        lines.append(line)
+                        line = ""
+                    line += character
+        if line:
+            lines.append(line)
+    return lines
+
+
 def image_grid(
     images: Sequence[ImageLike],
     captions: Sequence[str] | None = None,
@@ -323,7 +362,10 @@ def image_grid(
     Args:
         images: the pictures (anything :func:`to_pil` takes); they may differ in size — each cell
             is as large as the largest, pictures sit in its top-left corner.
-        captions: one line of text per picture (or None).
+        captions: one text per picture (or None), wrapped to the cell width (:func:`wrap_caption`),
+            so a caption never runs into its neighbour's cell, however small the pictures; the
+            caption band is as tall as the longest wrapped caption needs. Cells are widened
+            only where a single character is wider than every picture.
         columns: pictures per grid row (default: all in one row).
         pad: space around and between cells, in pixels.
         background, text_color: RGB colours.
@@ -331,7 +373,8 @@ def image_grid(
             where Pillow lacks FreeType).
 
     Returns:
-        The grid as an RGB image.
+        The grid as an RGB image: ``pad + columns · (cell_w + pad)`` wide, picture k pasted
+        unchanged at the top-left corner of cell k (row-major).
     """
     if not images:
         raise ValueError("image_grid needs at least one image")
@@ -341,20 +384,25 @@ def image_grid(
     columns = len(pictures) if columns is None else max(1, columns)
     grid_rows = math.ceil(len(pictures) / columns)
     font = ImageFont.load_default(size=font_size)
-    text_height = 0
-    if captions is not None:
-        probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
-        text_height = max(probe.textbbox((0, 0), text or " ", font=font)[3] for text in captions) + pad
-    cell_w = max(p.width for p in pictures)
+    texts = list(captions) if captions is not None else [""] * len(pictures)
+    glyphs = {character for text in texts for character in text if not character.isspace()}
+    # Every line is drawn `overhang` pixels right of its cell's edge, so that glyphs reaching left
+    # of their pen position (e.g. "j") stay inside the cell; lines wrap to the width left over.
+    overhang = max([0] + [-font.getbbox(character)[0] for character in glyphs])
+    cell_w = max([p.width for p in pictures] + [text_width(font, character) + overhang for character in glyphs])
+    blocks = ["\n".join(wrap_caption(text, font, cell_w - overhang)) for text in texts]
+    probe = ImageDraw.Draw(Image.new("RGB", (1, 1)))
+    bottoms = [probe.multiline_textbbox((0, 0), block, font=font)[3] for block in blocks if block]
+    text_height = 0 if captions is None else max(bottoms, default=0) + pad
     cell_h = max(p.height for p in pictures) + text_height
     grid = Image.new("RGB", (pad + columns * (cell_w + pad), pad + grid_rows * (cell_h + pad)), background)
     draw = ImageDraw.Draw(grid)
-    for k, picture in enumerate(pictures):
+    for k, (picture, block) in enumerate(zip(pictures, blocks, strict=True)):
         left = pad + (k % columns) * (cell_w + pad)
         top = pad + (k // columns) * (cell_h + pad)
         grid.paste(picture, (left, top))
-        if captions is not None and captions[k]:
-            draw.text((left, top + picture.height + pad // 2), captions[k], fill=text_color, font=font)
+        if block:
+            draw.multiline_text((left + overhang, top + picture.height + pad // 2), block, fill=text_color, font=font)
     return grid
 
 

@@ -13,7 +13,8 @@
   checkpoints; the data's classes are matched to the checkpoint's by name). Each video is scored
   on ``--test-clips`` temporal clips × ``--test-crops`` spatial crops (2 × 3 in the SSv2 presets,
   as the VideoMamba release tests), softmax averaged per video.
-* ``dart-video visualize VIDEO --out PNG``: the tall-frame partition of one clip.
+* ``dart-video visualize VIDEO --out PNG``: the tall-frame partition of one clip (its flags are the
+  model settings, ``--device`` and ``--threads`` only).
 
 Model weights load from local files only (``--init`` for VideoMamba-layout or image checkpoints,
 ``--checkpoint`` for ours). Messages go to stderr; exit status 0 on success, 1 on an error.
@@ -198,8 +199,16 @@ def eval_command(args: argparse.Namespace) -> dict:
         return result
 
 
+# The settings `visualize` reads (its only flags): those that build the model, which a checkpoint
+# of ours supplies, and where the tokenizer runs (this machine's: a checkpoint's are not used).
+VISUALIZE_MODEL_SETTINGS = ("model", "num_frames", "img_size", "num_tokens", "scorer_weights", "model_kwargs",
+                            "init", "init_image", "num_classes")
+VISUALIZE_SETTINGS = (*VISUALIZE_MODEL_SETTINGS, "device", "threads")
+
+
 def visualize(args: argparse.Namespace) -> dict:
-    config = config_from_args(args, base=stored_config(run_checkpoint(args.checkpoint)))
+    stored = stored_config(run_checkpoint(args.checkpoint))
+    config = config_from_args(args, base={k: v for k, v in stored.items() if k in VISUALIZE_MODEL_SETTINGS})
     if args.checkpoint and not os.path.isfile(args.checkpoint):
         raise CommandError(f"checkpoint not found: {args.checkpoint}")
     try:
@@ -211,16 +220,17 @@ def visualize(args: argparse.Namespace) -> dict:
     if args.checkpoint:
         head = read_state_dict(args.checkpoint).get("head.weight")
         num_classes = num_classes if head is None else head.shape[0]
-    model = build_model(config, num_classes).eval()
-    if not isinstance(model.patch_embed, VideoDART):
-        raise CommandError(f"model {config.model!r} has no DART tokenizer; pick a *_dart_* model")
-    if args.checkpoint:
-        try:
-            load_video_checkpoint(model, args.checkpoint)
-        except (ValueError, CheckpointMismatchError) as error:
-            raise CommandError(str(error)) from error
-    with torch.no_grad():
-        details = model.patch_embed(clip, return_details=True)
+    with session(config) as ctx:
+        model = build_model(config, num_classes).eval()
+        if not isinstance(model.patch_embed, VideoDART):
+            raise CommandError(f"model {config.model!r} has no DART tokenizer; pick a *_dart_* model")
+        if args.checkpoint:
+            try:
+                load_video_checkpoint(model, args.checkpoint)
+            except (ValueError, CheckpointMismatchError) as error:
+                raise CommandError(str(error)) from error
+        with torch.no_grad():
+            details = model.patch_embed.to(ctx.device)(clip.to(ctx.device), return_details=True)
     picture = partition_overview(frames_to_tall(clip), details.partition, scores=details.scores,
                                  mean=data.IMAGENET_MEAN, std=data.IMAGENET_STD)
     out = args.out or os.path.splitext(os.path.basename(args.video))[0] + "_dart.png"
@@ -252,7 +262,7 @@ def parser() -> argparse.ArgumentParser:
     show.add_argument("video", metavar="VIDEO", help="a video file")
     show.add_argument("--checkpoint", help="one of our checkpoints (without it the scorer is random)")
     show.add_argument("--out", help="output PNG (default: VIDEO's name + _dart.png)")
-    add_config_flags(show)
+    add_config_flags(show, VISUALIZE_SETTINGS)
     show.set_defaults(run=visualize)
     return main_parser
 

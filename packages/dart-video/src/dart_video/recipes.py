@@ -168,14 +168,28 @@ def preset_values(config: str) -> dict[str, Any]:
     raise ConfigError(f"unknown config {config!r}: use a preset ({', '.join(sorted(PRESETS))}) or a .yaml file")
 
 
-def add_config_flags(parser: argparse.ArgumentParser) -> None:
-    """``--config`` and one flag per :class:`TrainConfig` field (unset flags stay out of the namespace)."""
+def flag_help(text: str, default: Any) -> str:
+    """A setting's help text with its default appended, unless the text already says what the
+    default is (e.g. ``"DART token budget (default 196·T/2)"`` for a default of None)."""
+    return text if "default" in text else f"{text} (default {json.dumps(default)})"
+
+
+def add_config_flags(parser: argparse.ArgumentParser, names: tuple[str, ...] | None = None) -> None:
+    """``--config`` and one flag per :class:`TrainConfig` field, or per field in ``names`` (a
+    command's own subset; the others are then not flags of ``parser``). Unset flags stay out of
+    the namespace."""
+    fields = {f.name: f for f in dataclasses.fields(TrainConfig)}
+    unknown = sorted(set(names or ()) - set(fields))
+    if unknown:
+        raise ValueError(f"add_config_flags: {unknown} are not TrainConfig fields")
     parser.add_argument("--config", help=f"preset name ({', '.join(sorted(PRESETS))}) or a YAML file")
     group = parser.add_argument_group("settings (default < --config < flags)")
-    for f in dataclasses.fields(TrainConfig):
+    for f in fields.values():
+        if names is not None and f.name not in names:
+            continue
         flag, kind = "--" + f.name.replace("_", "-"), f.metadata["kind"]
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        text = f"{f.metadata['help']} (default {json.dumps(default)})"
+        text = flag_help(f.metadata["help"], default)
         if kind is bool:
             group.add_argument(flag, action=argparse.BooleanOptionalAction, default=argparse.SUPPRESS, help=text)
         else:
