@@ -412,3 +412,18 @@ def test_config_file_values_convert_like_the_flags(tmp_path):
     args = parse_args(["--data-dir", "d", "--config", str(cfg)])
     assert (args.lr, args.weight_decay, args.scorer_version, args.model_ema, args.amp_dtype) == (1e-3, 1.0, None, True, "none")
     assert isinstance(args.weight_decay, float)
+
+
+def test_grad_checkpointing_recomputes_and_trains_the_same_run(data_dir, trained, tmp_path):
+    """--grad-checkpointing switches timm's checkpointing on, and the run's losses and weights are
+    those of the run without it."""
+    from pretrain_config import parse_args
+    from pretrain_in1k import build_model
+
+    flags = [*VIT, "--data-dir", data_dir]
+    assert build_model(parse_args([*flags, "--grad-checkpointing"]), 3).grad_checkpointing
+    assert not build_model(parse_args(flags), 3).grad_checkpointing
+    main([*COMMON, "--grad-checkpointing", "--data-dir", data_dir, "--output-dir", str(tmp_path)])
+    assert train_losses(tmp_path) == train_losses(trained[0])
+    ours, theirs = load_checkpoint(tmp_path / "last.pth"), load_checkpoint(trained[0] / "last.pth")
+    assert weights_equal(ours["model"], theirs["model"])

@@ -445,3 +445,13 @@ def test_resume_with_other_settings_is_refused(digits_root, full_run, tmp_path):
     shutil.copy(full_dir / "last.pth", tmp_path / "done.pth")
     result = run(["train", "--data", digits_root, "--out", str(tmp_path), *COMMON, "--resume", str(tmp_path / "done.pth")])
     assert result["global_step"] == 12  # already finished: nothing more to do
+
+
+def test_grad_checkpointing_setting_switches_the_model_checkpointing():
+    from dart_video.engine import build_model
+
+    tiny = dict(model="videomamba_tiny_patch16_224", num_frames=2, img_size=16,
+                model_kwargs={"patch_size": 8, "depth": 1, "embed_dim": 16, "d_state": 4})
+    assert build_model(TrainConfig(**tiny, grad_checkpointing=True), 3).grad_checkpointing
+    assert not build_model(TrainConfig(**tiny), 3).grad_checkpointing
+    assert parse(["--grad-checkpointing"]).grad_checkpointing

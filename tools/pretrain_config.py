@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--model", default="deit_tiny_dart_patch16_448", help="any timm.create_model name")
     g.add_argument("--model-kwargs", type=mapping_arg, default={}, help="extra create_model kwargs, e.g. '{depth: 2}'")
     g.add_argument("--drop-path", type=float, default=0.1)
+    g.add_argument("--grad-checkpointing", action="store_true",
+                   help="recompute each block's activations in the backward pass: less memory, about one more "
+                        "forward pass of compute")
     g.add_argument("--num-tokens", type=int, default=None, help="DART token budget (default: the model's)")
     g.add_argument("--scorer", default=None, help="DART scorer backbone (torchvision preset or timm name)")
     g.add_argument("--scorer-weights", default=None, help="local weights file of the scorer backbone")

@@ -125,7 +125,7 @@ def build_model(args, num_classes: int) -> torch.nn.Module:
     dart_opts = {key: getattr(args, dest) for key, dest in DART_MODEL_FLAGS.items() if getattr(args, dest) is not None}
     kwargs = dict(args.model_kwargs, **dart_opts)
     try:
-        return timm.create_model(args.model, num_classes=num_classes, drop_path_rate=args.drop_path, **kwargs)
+        model = timm.create_model(args.model, num_classes=num_classes, drop_path_rate=args.drop_path, **kwargs)
     except TypeError as e:
         key = unexpected_keyword(e)
         if key is None:
@@ -134,6 +134,8 @@ def build_model(args, num_classes: int) -> torch.nn.Module:
             flags = ", ".join(flag(DART_MODEL_FLAGS[k]) for k in dart_opts)
             raise UsageError(f"{flags} only apply to DART models; {args.model!r} is not one ({e})") from e
         raise UsageError(f"--model-kwargs: {args.model!r} takes no argument {key!r} ({e})") from e
+    model.set_grad_checkpointing(args.grad_checkpointing)
+    return model
 
 
 def default_input_size(model: torch.nn.Module) -> int:

@@ -91,6 +91,7 @@ def build_model(config: TrainConfig, num_classes: int) -> VideoMamba:
         if key is None:
             raise
         raise TrainingError(f"--model-kwargs: {config.model!r} takes no argument {key!r} ({error})") from error
+    model.set_grad_checkpointing(config.grad_checkpointing)
     if config.init:
         try:
             load_video_checkpoint(model, config.init, image=config.init_image)

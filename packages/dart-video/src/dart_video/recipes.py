@@ -51,6 +51,8 @@ class TrainConfig:
     scorer_weights: str | None = _opt(None, "local weights file of the scorer backbone", str)
     model_kwargs: dict = _opt({}, "extra model arguments, JSON or YAML, e.g. '{depth: 2}'", dict)
     drop_path: float = _opt(0.1, "stochastic depth rate")
+    grad_checkpointing: bool = _opt(False, "recompute each block's activations in the backward pass: less memory, "
+                                           "about one more forward pass of compute (the release's --use-checkpoint)")
     init: str | None = _opt(None, "initial weights: a VideoMamba-layout video checkpoint, or an image one", str)
     init_image: bool = _opt(False, "--init is an image checkpoint: inflate it")
     # data

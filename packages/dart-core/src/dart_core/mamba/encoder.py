@@ -16,6 +16,7 @@ from collections.abc import Container
 import torch
 import torch.nn as nn
 from timm.layers import DropPath, trunc_normal_
+from torch.utils.checkpoint import checkpoint
 
 from .mixer import BiMamba
 
@@ -78,6 +79,7 @@ class MambaEncoder(nn.Module):
         )
         self.norm_f = norm_layer(embed_dim, rms_norm, norm_eps)
         self.drop_path = DropPath(drop_path_rate) if drop_path_rate > 0 else nn.Identity()
+        self.grad_checkpointing = False
         self.apply(self._init_linear)
         for layer in self.layers:  # GPT-2 style: scale residual-branch outputs by 1/sqrt(depth)
             nn.init.kaiming_uniform_(layer.mixer.out_proj.weight, a=math.sqrt(5))
@@ -93,6 +95,13 @@ class MambaEncoder(nn.Module):
             if module.bias is not None:
                 nn.init.zeros_(module.bias)
 
+    @torch.jit.ignore
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """timm's switch: recompute each block's norm and mixer in the backward pass instead of
+        keeping their activations (less memory for about one more forward pass of compute; the
+        VideoMamba release's ``use_checkpoint``)."""
+        self.grad_checkpointing = enable
+
     def residual_stream(
         self, tokens: torch.Tensor, take: Container[int] = (), depth: int | None = None
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -106,9 +115,10 @@ class MambaEncoder(nn.Module):
             The last block's output and the outputs of the blocks in ``take``.
         """
         layers = self.layers[:depth]
+        recompute = self.grad_checkpointing and torch.is_grad_enabled()
         residual, outputs = self.layers[0].add(tokens, None), []
         for i, layer in enumerate(layers):
-            hidden = layer.mix(residual)
+            hidden = checkpoint(layer.mix, residual, use_reentrant=False) if recompute else layer.mix(residual)
             after = self.layers[i + 1] if i + 1 < len(self.layers) else None
             residual = residual + self.drop_path(hidden) if after is None else after.add(hidden, residual)
             if i in take:

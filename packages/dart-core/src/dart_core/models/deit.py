@@ -22,6 +22,7 @@ from timm.layers import to_2tuple
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 from timm.models._features import feature_take_indices
 from timm.models.vision_transformer import VisionTransformer
+from torch.utils.checkpoint import checkpoint
 
 from ..checkpoint import PathLike, load_published_checkpoint
 from ..pos_embed import split_prefix_pos_embed
@@ -80,14 +81,18 @@ class DARTViTMixin:
         self, x: torch.Tensor, take: Container[int] = (), depth: int | None = None,
         attn_mask: torch.Tensor | None = None, is_causal: bool = False,
     ) -> tuple[torch.Tensor, list[torch.Tensor]]:
-        """Run the first ``depth`` blocks (all by default) on (B, prefix + N, D) tokens.
+        """Run the first ``depth`` blocks (all by default) on (B, prefix + N, D) tokens; after
+        ``set_grad_checkpointing()``, each block's activations are recomputed in the backward pass
+        instead of kept (as timm's ViTs do).
 
         Returns:
             The last block's (B, prefix + N, D) output and the outputs of the blocks in ``take``.
         """
+        masking = dict(attn_mask=attn_mask, is_causal=is_causal) if attn_mask is not None or is_causal else {}
+        recompute = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
         outputs = []
         for i, block in enumerate(self.blocks[:depth]):
-            x = block(x, attn_mask=attn_mask, is_causal=is_causal) if attn_mask is not None or is_causal else block(x)
+            x = checkpoint(block, x, use_reentrant=False, **masking) if recompute else block(x, **masking)
             if i in take:
                 outputs.append(x)
         return x, outputs
