@@ -48,6 +48,7 @@ from dart_core.checkpoint import (  # noqa: E402
     load_exact,
     read_state_dict,
 )
+from dart_core.console import warnings_as_messages  # noqa: E402
 from dart_core.models import built_data_config  # noqa: E402
 from dart_core.scorers import random_backbone_warning_deferred  # noqa: E402
 from dart_core.training import (  # noqa: E402
@@ -571,7 +572,8 @@ MODEL_OPTIONS = "--model, --model-kwargs, --num-tokens, --scorer and --scorer-ve
 
 def cli() -> None:
     try:
-        main()
+        with warnings_as_messages("pretrain_in1k"):
+            main()
     except (UsageError, CheckpointError, CheckpointMismatchError) as e:
         problem = str(e) if isinstance(e, UsageError) else checkpoint_problem(e, "pretrain_in1k", MODEL_OPTIONS)
         print(f"pretrain_in1k: error: {problem}", file=sys.stderr)

@@ -20,6 +20,7 @@ import os.path as osp
 import sys
 
 import torch
+from dart_core.console import warnings_as_messages
 from dart_core.training import leaving_process_group
 from dart_dense.checkpoint import CheckpointFileError
 from mmengine.config import Config, DictAction
@@ -148,7 +149,8 @@ def cli() -> None:
     """``main`` for the command line: user errors (a missing file, a checkpoint that does not fit or
     would run code, an option no module takes) are one line on stderr and exit status 1."""
     try:
-        main()
+        with warnings_as_messages("train_dense"):
+            main()
     except (UsageError, FileNotFoundError, CheckpointFileError) as error:
         print(f"train_dense: error: {error}", file=sys.stderr)
         sys.exit(1)

@@ -28,6 +28,7 @@ from PIL import Image, UnidentifiedImageError
 from timm.data import create_transform
 
 from .checkpoint import checkpoint_problem, convert_published_state_dict, load_exact, state_dict_in
+from .console import warnings_as_messages
 from .models.data_config import built_data_config
 from .sampling import sample_patches
 from .tokenizer import DART
@@ -179,7 +180,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     args = parser().parse_args(argv)
     try:
-        args.run(args)
+        with warnings_as_messages("dart-core"):
+            args.run(args)
     except CommandError as error:
         log(f"error: {error}")
         return 1

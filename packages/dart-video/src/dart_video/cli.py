@@ -32,6 +32,7 @@ from collections.abc import Iterator, Sequence
 
 import torch
 from dart_core.checkpoint import CheckpointMismatchError, checkpoint_problem, read_state_dict
+from dart_core.console import warnings_as_messages
 from dart_core.training import (
     CheckpointError,
     DistContext,
@@ -285,7 +286,8 @@ def run(argv: Sequence[str] | None = None) -> dict:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit status."""
     try:
-        run(argv)
+        with warnings_as_messages("dart-video"):
+            run(argv)
     except CommandError as error:
         log(f"error: {error}")
         return 1
