@@ -17,8 +17,8 @@ def test_warnings_become_one_line_each_and_the_hook_is_restored(capsys):
         warnings.simplefilter("always")
         with pytest.raises(KeyError), warnings_as_messages("prog"):
             warnings.warn("look here", stacklevel=2)
-            warnings.warn("changes soon", FutureWarning)
-            warnings.warn("slow path", RuntimeWarning)
+            warnings.warn("changes soon", FutureWarning, stacklevel=2)
+            warnings.warn("slow path", RuntimeWarning, stacklevel=2)
             raise KeyError("a failing command")
     assert warnings.showwarning is before
     assert capsys.readouterr().err.splitlines() == [
@@ -30,7 +30,7 @@ def test_python_filters_still_decide_what_shows(capsys):
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         with warnings_as_messages("prog"):
-            warnings.warn("hidden")
+            warnings.warn("hidden", stacklevel=2)
     assert capsys.readouterr().err == ""
 
 

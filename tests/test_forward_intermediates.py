@@ -1,4 +1,5 @@
-"""timm's forward_intermediates / prune_intermediate_layers on the DeiT + DART and Vim models.
+"""timm's forward_intermediates / prune_intermediate_layers on the DeiT + DART, Vim and VideoMamba
+models.
 
 The oracle is what the blocks themselves compute in forward_features: forward hooks record each
 ViT block's output, and forward pre-hooks on each Vim block's norm (and on the final norm) record
@@ -9,6 +10,7 @@ import copy
 
 import dart_core  # noqa: F401  (registers the DeiT + DART models)
 import dart_core.mamba  # noqa: F401  (registers the Vim models)
+import dart_video  # noqa: F401  (registers the VideoMamba models)
 import pytest
 import timm
 import torch
@@ -49,13 +51,30 @@ def vim(dart):
     return timm.create_model("vim_tiny_patch16_224", **VIM).eval()
 
 
+def videomamba(dart):
+    """VideoMamba (+ DART): 2 frames of 32×32, class token first."""
+    torch.manual_seed(0)
+    name = "videomamba_tiny_dart_patch16_224" if dart else "videomamba_tiny_patch16_224"
+    return timm.create_model(name, img_size=32, num_frames=2, patch_size=8, depth=DEPTH, embed_dim=32, d_state=4,
+                             num_classes=5).eval()
+
+
 VITS = {"deit_dart": deit_dart, "patched_distilled": patched_distilled_deit}
 VIMS = {"vim": lambda: vim(False), "vim_dart": lambda: vim(True)}
+VIDEOS = {"videomamba": lambda: videomamba(False), "videomamba_dart": lambda: videomamba(True)}
 
 
 def images():
     torch.manual_seed(2)
     return torch.rand(2, 3, 64, 64)
+
+
+def inputs(kind):
+    """A batch of 2 inputs for the model kind: images, or clips of 2 frames for VideoMamba."""
+    if kind != "video":
+        return images()
+    torch.manual_seed(2)
+    return torch.rand(2, 3, 2, 32, 32)
 
 
 def record(model, kind):
@@ -93,23 +112,31 @@ def vim_split(model, y):
     return torch.cat([y[:, :middle], y[:, middle + 1:]], 1), y[:, middle:middle + 1]
 
 
+def video_split(model, y):
+    """The tokens after the class token, which comes first, and the class token."""
+    return y[:, 1:], y[:, :1]
+
+
 def build(kind, name):
     """The model, its prefix split and its final norm."""
     if kind == "vit":
         model = VITS[name]()
         return model, vit_split, model.norm
+    if kind == "video":
+        model = VIDEOS[name]()
+        return model, video_split, model.norm_f
     model = VIMS[name]()
     return model, vim_split, model.norm_f
 
 
-CASES = [("vit", name) for name in VITS] + [("vim", name) for name in VIMS]
+CASES = [("vit", name) for name in VITS] + [("vim", name) for name in VIMS] + [("video", name) for name in VIDEOS]
 
 
 @pytest.mark.parametrize("kind,name", CASES)
 @pytest.mark.parametrize("indices,expected", INDICES)
 def test_intermediates_are_the_block_outputs(kind, name, indices, expected):
     model, split, _ = build(kind, name)
-    x = images()
+    x = inputs(kind)
     oracle = block_outputs(model, kind, x)
     with torch.no_grad():
         final, inter = model.forward_intermediates(x, indices=indices, return_prefix_tokens=True)
@@ -130,7 +157,7 @@ def test_intermediates_are_the_block_outputs(kind, name, indices, expected):
 @pytest.mark.parametrize("kind,name", CASES)
 def test_norm_intermediates_only_stop_early_and_dict(kind, name):
     model, split, final_norm = build(kind, name)
-    x = images()
+    x = inputs(kind)
     oracle = block_outputs(model, kind, x)
     with torch.no_grad():
         normed = model.forward_intermediates(x, indices=[1, -1], norm=True, intermediates_only=True)
@@ -163,7 +190,7 @@ def test_norm_intermediates_only_stop_early_and_dict(kind, name):
 @pytest.mark.parametrize("kind,name", CASES)
 def test_prune_keeps_the_intermediates(kind, name):
     model, split, _ = build(kind, name)
-    x = images()
+    x = inputs(kind)
     with torch.no_grad():
         want = model.forward_intermediates(x, indices=[0, -2], return_prefix_tokens=True, intermediates_only=True)
     pruned = copy.deepcopy(model)
@@ -218,15 +245,22 @@ def test_fixed_grid_vim_nchw_maps():
                 torch.testing.assert_close(m[:, :, r, c], stream[:, k if k < 8 else k + 1], rtol=0, atol=0)
 
 
-@pytest.mark.parametrize("build_model", [deit_dart, patched_distilled_deit, lambda: vim(True)])
-def test_dart_models_refuse_nchw_and_unknown_formats(build_model):
+NO_GRID = r"lie on no grid.*output_fmt='NLC'.*return_details=True"
+
+
+@pytest.mark.parametrize("build_model,kind,refusal", [
+    (deit_dart, "vit", NO_GRID), (patched_distilled_deit, "vit", NO_GRID), (lambda: vim(True), "vim", NO_GRID),
+    (lambda: videomamba(True), "video", NO_GRID),
+    (lambda: videomamba(False), "video", r"frame-major T x h x w grid.*output_fmt='NLC'.*\(B, T, h, w, D\)"),
+])
+def test_models_without_a_patch_grid_refuse_nchw_and_unknown_formats(build_model, kind, refusal):
     model = build_model()
-    with pytest.raises(ValueError, match=r"lie on no grid.*output_fmt='NLC'.*return_details=True"):
-        model.forward_intermediates(images(), output_fmt="NCHW")
+    with pytest.raises(ValueError, match=refusal):
+        model.forward_intermediates(inputs(kind), output_fmt="NCHW")
     with pytest.raises(ValueError, match="output_fmt='NHWC'"):
-        model.forward_intermediates(images(), output_fmt="NHWC")
+        model.forward_intermediates(inputs(kind), output_fmt="NHWC")
     with pytest.raises(AssertionError, match="out of range"):
-        model.forward_intermediates(images(), indices=[DEPTH])
+        model.forward_intermediates(inputs(kind), indices=[DEPTH])
     with pytest.raises(AssertionError, match="out of range"):
         model.prune_intermediate_layers(DEPTH + 1)
 

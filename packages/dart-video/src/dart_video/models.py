@@ -23,6 +23,8 @@ from collections.abc import Callable
 import torch
 import torch.nn as nn
 from dart_core.mamba.encoder import MambaEncoder
+from dart_core.mamba.intermediates import MambaIntermediates
+from dart_core.models.intermediates import DART_HAS_NO_GRID
 from timm.layers import trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
 
@@ -62,7 +64,7 @@ class VideoPatchEmbed(nn.Module):
         return self.proj(video).flatten(2).transpose(1, 2)
 
 
-class VideoMamba(MambaEncoder):
+class VideoMamba(MambaIntermediates, MambaEncoder):
     """VideoMamba: frame patches (+ spatial and temporal embeddings) after a class token, through
     bidirectional Mamba blocks; the class token's feature is classified.
 
@@ -142,6 +144,17 @@ class VideoMamba(MambaEncoder):
     def forward_features(self, video: torch.Tensor) -> torch.Tensor:
         """(B, C, T, H, W) → (B, 1 + N, D) normalised features."""
         return super().forward(self.embed(video))
+
+    def class_token_index(self, length: int) -> int:
+        """The class token comes first."""
+        return 0
+
+    def no_grid_reason(self) -> str:
+        """Why a clip's tokens make no (B, D, h, w) maps (``forward_intermediates``)."""
+        if isinstance(self.patch_embed, VideoDART):
+            return DART_HAS_NO_GRID
+        return ("a clip's tokens form a frame-major T x h x w grid: use output_fmt='NLC' and reshape the (B, N, D) "
+                "tokens to (B, T, h, w, D)")
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, 1 + N, D) → (B, num_classes) logits from the class token."""

@@ -25,19 +25,20 @@ import torch
 import torch.nn as nn
 from timm.layers import PatchEmbed, resample_abs_pos_embed_nhwc, trunc_normal_
 from timm.models import build_model_with_cfg, generate_default_cfgs, register_model
-from timm.models._features import feature_take_indices
 
 from ..checkpoint import PathLike, load_published_checkpoint
-from ..models.deit import embed_layer_from_kwargs, local_file_overlay, pack_intermediates, token_output_fmt
+from ..models.deit import embed_layer_from_kwargs, local_file_overlay
+from ..models.intermediates import DART_HAS_NO_GRID
 from ..pos_embed import split_prefix_pos_embed
 from ..tokenizer import DART
 from .encoder import MambaEncoder
+from .intermediates import MambaIntermediates
 
 SIZES = {"tiny": dict(embed_dim=192, depth=24), "small": dict(embed_dim=384, depth=24)}
 DEFAULT_SCORER = {"tiny": "mobilenet_v3_small", "small": "mobilenet_v3_large"}
 
 
-class VisionMamba(MambaEncoder):
+class VisionMamba(MambaIntermediates, MambaEncoder):
     """Vim: patch tokens with a middle class token through bidirectional Mamba blocks.
 
     Args:
@@ -118,75 +119,17 @@ class VisionMamba(MambaEncoder):
         """(B, C, H, W) → (B, N + 1, D) normalised token features (class token at N // 2)."""
         return super().forward(self.embed(images))
 
-    def forward_intermediates(
-        self,
-        x: torch.Tensor,
-        indices: int | list[int] | tuple[int, ...] | None = None,
-        return_prefix_tokens: bool = False,
-        norm: bool = False,
-        stop_early: bool = False,
-        output_fmt: str = "NLC",
-        intermediates_only: bool = False,
-        output_dict: bool = False,
-    ):
-        """timm's ``forward_intermediates``: the residual stream after chosen blocks.
+    def class_token_index(self, length: int) -> int:
+        """The middle class token's index among ``length`` = N + 1 tokens."""
+        return (length - 1) // 2
 
-        Block i's intermediate is the residual stream after it (see
-        :meth:`~dart_core.mamba.encoder.MambaEncoder.residual_stream`): the sum that block i + 1
-        normalises, or the final norm after the last block, so ``norm=True`` on the last block
-        gives :meth:`forward_features`. The middle class token is the prefix token: it is split
-        off, and the intermediate is the N patch tokens in order, (B, N, D) for ``'NLC'``; for a
-        fixed patch grid, ``'NCHW'`` gives (B, D, h, w) maps. DART tokens lie on no grid: for
-        the DART model only ``'NLC'`` is supported, and the partition from
-        ``patch_embed(x, return_details=True)`` maps token j to its image region.
+    def no_grid_reason(self) -> str | None:
+        """Why the tokens make no (B, D, h, w) maps: DART's lie on no grid; None for patches."""
+        return DART_HAS_NO_GRID if isinstance(self.patch_embed, DART) else None
 
-        Args:
-            x: (B, C, H, W) images.
-            indices: the last n blocks (int), the blocks at these indices (list; negative counts
-                from the end) or all (None), as :func:`timm.models._features.feature_take_indices`.
-            return_prefix_tokens: each intermediate becomes (patch tokens, (B, 1, D) class token).
-            norm: apply the final norm (``norm_f``) to the intermediates.
-            stop_early: run no block after the last one asked for (the final features are then
-                the final norm of that block's intermediate).
-            output_fmt: ``'NLC'``, or ``'NCHW'`` for the fixed-grid model.
-            intermediates_only: return the intermediates alone.
-            output_dict: return ``{'image_intermediates': [...], 'image_intermediates_prefix':
-                [...] (with return_prefix_tokens), 'image_features': ...}`` as timm does.
-
-        Returns:
-            ((B, N + 1, D) final features, [intermediates]), or the list alone with
-            ``intermediates_only``, or the dict with ``output_dict``.
-
-        Raises:
-            ValueError: an unknown ``output_fmt``, or ``'NCHW'`` for the DART model.
-        """
-        to_maps = token_output_fmt(output_fmt, grid=not isinstance(self.patch_embed, DART))
-        take, last = feature_take_indices(len(self.layers), indices)
-        residual, outputs = self.residual_stream(self.embed(x), take, last + 1 if stop_early else None)
-        intermediates = []
-        for y in map(self.final_norm, outputs) if norm else outputs:
-            middle = (y.shape[1] - 1) // 2
-            tokens = torch.cat([y[:, :middle], y[:, middle + 1:]], dim=1)
-            if to_maps:
-                tokens = tokens.unflatten(1, tuple(self.patch_embed.grid_size)).permute(0, 3, 1, 2)
-            intermediates.append((tokens, y[:, middle:middle + 1]))
-        return pack_intermediates(
-            intermediates, None if intermediates_only else self.final_norm(residual), return_prefix_tokens, output_dict
-        )
-
-    def prune_intermediate_layers(
-        self, indices: int | list[int] | tuple[int, ...] = 1, prune_norm: bool = False, prune_head: bool = True
-    ) -> list[int]:
-        """timm's ``prune_intermediate_layers``: keep the blocks up to the last of ``indices``
-        (as in :meth:`forward_intermediates`); ``prune_norm`` replaces ``norm_f`` with Identity,
-        ``prune_head`` the classifier. Returns the absolute indices of ``indices``."""
-        take, last = feature_take_indices(len(self.layers), indices)
-        self.layers = self.layers[: last + 1]
-        if prune_norm:
-            self.norm_f = nn.Identity()
-        if prune_head:
-            self.reset_classifier(0)
-        return take
+    def token_maps(self, tokens: torch.Tensor) -> torch.Tensor:
+        """(B, N, D) patch tokens in row-major order → (B, D, h, w) maps."""
+        return tokens.unflatten(1, tuple(self.patch_embed.grid_size)).permute(0, 3, 1, 2)
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, N + 1, D) features → (B, num_classes) logits from the middle class token."""

@@ -28,6 +28,7 @@ from ..checkpoint import PathLike, load_published_checkpoint
 from ..pos_embed import split_prefix_pos_embed
 from ..scorers import build_scorer
 from ..tokenizer import DART
+from .intermediates import DART_HAS_NO_GRID, pack_intermediates, token_output_fmt
 
 TOKEN_BUDGETS = (121, 144, 196, 288, 392)
 
@@ -144,7 +145,7 @@ class DARTViTMixin:
         Raises:
             ValueError: ``output_fmt`` is not ``'NLC'`` (``'NCHW'`` needs a patch grid).
         """
-        token_output_fmt(output_fmt, grid=False)
+        token_output_fmt(output_fmt, DART_HAS_NO_GRID)
         take, last = feature_take_indices(len(self.blocks), indices)
         x, outputs = self.dart_blocks(self.dart_tokens(x), take, last + 1 if stop_early else None, attn_mask, is_causal)
         prefix = self.num_prefix_tokens
@@ -153,55 +154,6 @@ class DARTViTMixin:
             intermediates, None if intermediates_only else self.norm(x),
             return_prefix_tokens and prefix > 0, output_dict,
         )
-
-
-def token_output_fmt(output_fmt: str, grid: bool) -> bool:
-    """Check ``forward_intermediates``' ``output_fmt`` for a token model; True: reshape to NCHW.
-
-    Args:
-        grid: whether the tokens lie on a fixed patch grid (False for DART tokens).
-
-    Raises:
-        ValueError: an unknown format, or ``'NCHW'`` for tokens on no grid.
-    """
-    if output_fmt not in ("NLC", "NCHW"):
-        raise ValueError(f"output_fmt={output_fmt!r}: forward_intermediates returns 'NLC' (B, N, D) tokens"
-                         + (" or 'NCHW' (B, D, h, w) maps" if grid else ""))
-    if output_fmt == "NCHW" and not grid:
-        raise ValueError(
-            "output_fmt='NCHW' reshapes the tokens to a patch grid, but DART's content-adaptive tokens lie on no "
-            "grid: use output_fmt='NLC' ((B, N, D) tokens), and the partition from "
-            "patch_embed(x, return_details=True) to map each token to its image region"
-        )
-    return output_fmt == "NCHW"
-
-
-def pack_intermediates(
-    intermediates: list[tuple[torch.Tensor, torch.Tensor]],
-    features: torch.Tensor | None,
-    return_prefix_tokens: bool,
-    output_dict: bool,
-):
-    """timm's ``forward_intermediates`` return value from (tokens, prefix tokens) pairs.
-
-    Args:
-        intermediates: per chosen block, its (B, N, D) tokens (or (B, D, h, w) map) and its
-            (B, prefix, D) prefix tokens.
-        features: the (B, L, D) final features, None for ``intermediates_only``.
-        return_prefix_tokens: return the prefix tokens too (pairs, or the dict's
-            ``'image_intermediates_prefix'``).
-        output_dict: a dict instead of a tuple / list.
-    """
-    tokens = [pair[0] for pair in intermediates]
-    if output_dict:
-        out = {"image_intermediates": tokens}
-        if return_prefix_tokens:
-            out["image_intermediates_prefix"] = [pair[1] for pair in intermediates]
-        if features is not None:
-            out["image_features"] = features
-        return out
-    chosen = intermediates if return_prefix_tokens else tokens
-    return chosen if features is None else (features, chosen)
 
 
 class DARTVisionTransformer(DARTViTMixin, VisionTransformer):
