@@ -455,3 +455,13 @@ def test_grad_checkpointing_setting_switches_the_model_checkpointing():
     assert build_model(TrainConfig(**tiny, grad_checkpointing=True), 3).grad_checkpointing
     assert not build_model(TrainConfig(**tiny), 3).grad_checkpointing
     assert parse(["--grad-checkpointing"]).grad_checkpointing
+
+
+def test_eval_runs_on_this_machine_whatever_machine_trained(digits_root, full_run, tmp_path):
+    """A checkpoint trained on a GPU machine (device cuda, 64 threads) evaluates here on the CPU."""
+    full_dir, _ = full_run
+    ckpt = load_checkpoint(full_dir / "best.pth")
+    save_checkpoint({**ckpt, "config": {**ckpt["config"], "device": "cuda", "threads": 64}}, tmp_path / "gpu.pth")
+    here = run(["eval", "--data", digits_root, "--checkpoint", str(full_dir / "best.pth"), *EVAL])
+    moved = run(["eval", "--data", digits_root, "--checkpoint", str(tmp_path / "gpu.pth"), *EVAL])
+    assert moved["top1"] == here["top1"] and moved["loss"] == here["loss"]

@@ -86,6 +86,8 @@ def load_samples(root: str, config: TrainConfig, split: str,
 
 # Settings that name files whose weights a full checkpoint of ours already holds.
 WEIGHT_FILE_SETTINGS = ("init", "init_image", "scorer_weights")
+# Settings of the machine that trained, not of the model: eval and visualize use this machine's.
+MACHINE_SETTINGS = ("device", "threads", "workers")
 
 
 def run_checkpoint(path: str | None) -> dict:
@@ -98,8 +100,10 @@ def run_checkpoint(path: str | None) -> dict:
 
 def stored_config(ckpt: dict) -> dict:
     """The settings stored in a checkpoint of ours, less those naming the training run's weight
-    files (``--init``, ``--scorer-weights``): the checkpoint's own weights replace them."""
-    return {k: v for k, v in ckpt.get("config", {}).items() if k not in WEIGHT_FILE_SETTINGS}
+    files (``--init``, ``--scorer-weights``: the checkpoint's own weights replace them) and those
+    of the machine it trained on (``--device``, ``--threads``, ``--workers``)."""
+    dropped = WEIGHT_FILE_SETTINGS + MACHINE_SETTINGS
+    return {k: v for k, v in ckpt.get("config", {}).items() if k not in dropped}
 
 
 def match_classes(samples: list[data.VideoSample], classes: list[str], trained: list[str],
