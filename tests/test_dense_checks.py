@@ -1,13 +1,17 @@
 """dart_dense input and checkpoint checks: strict loading for evaluation, unreadable checkpoints,
 malformed COCO files, and sizes given as Python sequences."""
 
+import glob
 import json
+import os
 
 import dart_dense  # noqa: F401  (registers the mmengine modules)
+import numpy as np
 import pytest
 import test_dense_seg
 import torch
 from mmengine.registry import MODELS
+from PIL import Image
 from test_dense_seg import tiny_options, train_dense
 from test_dense_support import single_thread  # noqa: F401  (autouse fixture)
 
@@ -40,10 +44,25 @@ def test_evaluation_loads_the_checkpoint_strictly(seg_root, tmp_path, capsys):
     train_dense.main(tiny_options(seg_root, str(tmp_path / "train"), 1) + ["--load-from", path])
     printed = capsys.readouterr().out
     assert "bogus.weight" in printed and all(key in printed for key in head if "num_batches_tracked" not in key)
-    # The full state dict fits exactly and evaluates.
+    # The full state dict fits exactly and evaluates with its own weights: a classifier with zero
+    # weights and a larger "thing" bias predicts "thing" on every pixel, so the metrics follow from
+    # the validation labels alone.
+    state["head.head.4.weight"] = torch.zeros_like(state["head.head.4.weight"])
+    state["head.head.4.bias"] = torch.tensor([0.0, 10.0])
     torch.save({"state_dict": state}, path)
     metrics = train_dense.main(options + ["--val", "--load-from", path])
-    assert 0 <= metrics["seg/mIoU"] <= 100
+    stuff, thing = validation_label_counts(seg_root)
+    assert stuff > 0 and thing > 0
+    assert metrics["seg/aAcc"] == pytest.approx(100 * thing / (stuff + thing))
+    assert metrics["seg/mIoU"] == pytest.approx(100 * thing / (stuff + thing) / 2)  # IoU: 0 for stuff
+    assert metrics["seg/mAcc"] == pytest.approx(50)
+
+
+def validation_label_counts(root) -> tuple[int, int]:
+    """Pixels of "stuff" (file value 1) and "thing" (2) in the validation label maps (0 is ignored)."""
+    values = np.concatenate([np.asarray(Image.open(path)).ravel()
+                             for path in glob.glob(os.path.join(root, "annotations", "validation", "*.png"))])
+    return int((values == 1).sum()), int((values == 2).sum())
 
 
 def test_loader_tells_a_truncated_file_from_an_unsafe_one(tmp_path):
