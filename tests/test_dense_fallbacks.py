@@ -1,14 +1,18 @@
 """The dense warp counts the images whose scores fell back to a uniform grid, and the runner's
-hook logs the count (dart_core.fallbacks, dart_dense.fallback_hook)."""
+hook logs the count with each training log line (dart_core.fallbacks, dart_dense.fallback_hook)."""
 
 from __future__ import annotations
 
 from types import SimpleNamespace
 
 import torch
+import torch.multiprocessing as mp
 from dart_dense import DartWarp
+from dart_dense.checkpoint import DartRunner
 from dart_dense.fallback_hook import ScoreFallbackHook
+from mmengine.hooks import LoggerHook
 from mmengine.logging import MessageHub, MMLogger
+from mmengine.runner import LogProcessor
 
 
 class ImageScores(torch.nn.Module):
@@ -25,23 +29,86 @@ def warp_batch(warp: DartWarp, spoiled: list[int]) -> None:
     warp(images, torch.tensor([[32, 32]] * 3))
 
 
-def test_the_hook_logs_each_iteration_count_and_warns_once():
-    warp = DartWarp((2, 2), 8, ImageScores(), score_input_size=(32, 32))
-    assert "score_fallbacks" not in DartWarp((2, 2), 8).state_dict() and not dict(DartWarp((2, 2), 8).named_buffers())
-    hub = MessageHub.get_instance("test_dense_fallbacks")
-    logger = MMLogger.get_instance("test_dense_fallbacks")
-    runner = SimpleNamespace(model=torch.nn.Sequential(warp), message_hub=hub, logger=logger, iter=0)
+def fake_runner(name: str, model: torch.nn.Module, interval: int):
+    """What the hook and mmengine's LogProcessor read of a runner; warnings are collected in a list."""
+    warned = []
+    runner = SimpleNamespace(model=model, message_hub=MessageHub.get_instance(name), iter=0,
+                             logger=SimpleNamespace(warning=warned.append), hooks=[LoggerHook(interval=interval)],
+                             train_dataloader=list(range(100)))
+    return runner, warned
+
+
+def train_iterations(runner, warp, spoiled_per_iteration) -> list:
+    """Run the hook after each iteration; what the LogProcessor would log after each (None: no log line)."""
     hook, logged = ScoreFallbackHook(), []
-    for runner.iter, spoiled in enumerate(([0, 2], [], [1])):
+    for runner.iter, spoiled in enumerate(spoiled_per_iteration):
         warp_batch(warp, spoiled)
+        runner.message_hub.update_scalar("train/loss", 1.0)
         hook.after_train_iter(runner, runner.iter)
-        logged.append(hub.get_scalar("train/score_fallbacks").current())
-    assert logged == [2, 0, 1]
-    assert hook.warned and int(warp.score_fallbacks) == 0  # read and cleared each iteration
+        if runner.hooks[0].every_n_inner_iters(runner.iter, runner.hooks[0].interval):
+            logged.append(dict(LogProcessor(window_size=runner.hooks[0].interval)._collect_scalars([], runner, "train")))
+    return logged
+
+
+def test_each_log_line_carries_the_count_of_its_whole_window():
+    warp = DartWarp((2, 2), 8, ImageScores(), score_input_size=(32, 32))
+    runner, warned = fake_runner("test_dense_fallbacks_window", torch.nn.Sequential(warp), interval=3)
+    # windows of 3 iterations: 3 images fell back in the first (none in its last iteration), none in the second
+    logged = train_iterations(runner, warp, ([0, 2], [1], [], [], [], []))
+    assert [record["score_fallbacks"] for record in logged] == [3, 0]
+    assert len(warned) == 1 and "iteration 3: 3 images since the last log" in warned[0]
+    assert int(warp.score_fallbacks) == 0
 
 
 def test_the_hook_leaves_a_model_without_scorer_alone():
-    hub = MessageHub.get_instance("test_dense_fallbacks_baseline")
-    runner = SimpleNamespace(model=DartWarp((2, 2), 8), message_hub=hub, logger=None, iter=0)
+    warp = DartWarp((2, 2), 8)
+    assert "score_fallbacks" not in warp.state_dict() and not dict(warp.named_buffers())
+    runner, _ = fake_runner("test_dense_fallbacks_baseline", warp, interval=1)
     ScoreFallbackHook().after_train_iter(runner, 0)
-    assert "train/score_fallbacks" not in hub.log_scalars
+    assert "train/score_fallbacks" not in runner.message_hub.log_scalars
+
+
+def hook_rank(rank: int, init_file: str, out_file: str) -> None:
+    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
+    try:
+        warp = DartWarp((2, 2), 8, ImageScores(), score_input_size=(32, 32))
+        runner, _ = fake_runner(f"test_dense_fallbacks_rank{rank}", torch.nn.Sequential(warp), interval=2)
+        logged = train_iterations(runner, warp, [list(range(rank + 1))] * 2)  # rank 0 spoils 1 image, rank 1 two
+        torch.save([int(record["score_fallbacks"]) for record in logged], f"{out_file}.{rank}")
+    finally:
+        torch.distributed.destroy_process_group()
+
+
+def test_the_logged_count_is_summed_over_the_ranks(tmp_path):
+    mp.spawn(hook_rank, args=(str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, join=True)
+    assert [torch.load(f"{tmp_path / 'out'}.{rank}", weights_only=True) for rank in range(2)] == [[6], [6]]
+
+
+def bare_runner() -> DartRunner:
+    """A DartRunner with only what register_hooks and wrap_model read (no config, no work dir)."""
+    runner = object.__new__(DartRunner)
+    runner._hooks, runner._distributed = [], False
+    runner.logger = MMLogger.get_instance("test_dense_fallbacks_runner")
+    return runner
+
+
+def test_the_runner_adds_one_hook_and_keeps_the_counters_out_of_ddp_broadcasts():
+    listed = bare_runner()
+    listed.register_hooks(custom_hooks=[dict(type="ScoreFallbackHook")])
+    assert sum(isinstance(hook, ScoreFallbackHook) for hook in listed.hooks) == 1
+    plain = bare_runner()
+    plain.register_hooks()
+    assert sum(isinstance(hook, ScoreFallbackHook) for hook in plain.hooks) == 1
+    model = torch.nn.ModuleDict({"warp": DartWarp((2, 2), 8, ImageScores())})
+    plain.wrap_model(None, model)
+    assert model._ddp_params_and_buffers_to_ignore == ["warp.score_fallbacks"]
+
+
+def test_a_meta_device_build_gets_a_zero_counter_back():
+    with torch.device("meta"):
+        warp = DartWarp((2, 2), 8, ImageScores())
+    warp = warp.to_empty(device="cpu")
+    for module in warp.modules():  # timm's reinit_non_persistent_buffers convention
+        if hasattr(module, "init_non_persistent_buffers"):
+            module.init_non_persistent_buffers()
+    assert int(warp.score_fallbacks) == 0

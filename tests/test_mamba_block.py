@@ -112,3 +112,26 @@ def test_encoder_drop_path_schedule_and_bad_input():
     assert encoder.drop_path.drop_prob == pytest.approx(0.2)
     with pytest.raises(ValueError, match="expected"):
         encoder.layers[0].mixer(torch.zeros(1, 4, 7))
+
+
+@pytest.mark.parametrize("residual_in_fp32", [True, False])
+def test_encoder_in_training_is_the_block_recurrence(residual_in_fp32):
+    """Oracle: each block maps (mixer output, residual) to the next pair with its own drop path
+    (MambaBlock.forward), then the encoder adds the last mixer output with its drop path and
+    normalises; the same random draws with stochastic depth on, in bfloat16 too."""
+    torch.manual_seed(0)
+    encoder = MambaEncoder(16, depth=3, drop_path_rate=0.5, residual_in_fp32=residual_in_fp32, d_state=4).train()
+    tokens = torch.randn(4, 7, 16)
+    for dtype in (torch.float32, torch.bfloat16):
+        model, x = encoder.to(dtype), tokens.to(dtype)
+        torch.manual_seed(1)
+        hidden, residual = x, None
+        for layer in model.layers:
+            hidden, residual = layer(hidden, residual)
+        residual = residual + model.drop_path(hidden)
+        want = model.norm_f(residual.to(model.norm_f.weight.dtype))
+        torch.manual_seed(1)
+        got = model(x)
+        assert got.dtype == want.dtype and torch.equal(got, want)
+    torch.manual_seed(2)
+    assert not torch.equal(encoder(tokens.bfloat16()), got)  # other draws, another output

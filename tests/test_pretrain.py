@@ -423,7 +423,31 @@ def test_grad_checkpointing_recomputes_and_trains_the_same_run(data_dir, trained
     flags = [*VIT, "--data-dir", data_dir]
     assert build_model(parse_args([*flags, "--grad-checkpointing"]), 3).grad_checkpointing
     assert not build_model(parse_args(flags), 3).grad_checkpointing
+    unsupported = ["--model", "convit_tiny", "--data-dir", data_dir, "--grad-checkpointing"]
+    with pytest.raises(UsageError, match="--grad-checkpointing: 'convit_tiny' does not support it"):
+        build_model(parse_args(unsupported), 3)
     main([*COMMON, "--grad-checkpointing", "--data-dir", data_dir, "--output-dir", str(tmp_path)])
     assert train_losses(tmp_path) == train_losses(trained[0])
     ours, theirs = load_checkpoint(tmp_path / "last.pth"), load_checkpoint(trained[0] / "last.pth")
     assert weights_equal(ours["model"], theirs["model"])
+
+
+def test_evaluation_reports_its_own_score_fallbacks():
+    """evaluate() returns the images whose scores fell back during that evaluation, counted by the
+    tokenizer (here: the images holding a NaN pixel)."""
+    import argparse
+
+    import timm
+    from dart_core.training import DistContext
+    from pretrain_in1k import evaluate
+
+    torch.manual_seed(0)
+    model = timm.create_model("deit_tiny_dart_patch16_448", img_size=64, patch_size=8, embed_dim=32, depth=1,
+                              num_heads=2, num_tokens=12, num_classes=3, scorer_weights=None)
+    images = torch.rand(5, 3, 64, 64)
+    images[[1, 4], :, 3, 3] = float("nan")
+    loader = [(images[:3], torch.tensor([0, 1, 2])), (images[3:], torch.tensor([1, 0]))]
+    args = argparse.Namespace(no_progress=True, amp_dtype="none")
+    stats = evaluate(model, loader, args, DistContext(0, 1, 0, torch.device("cpu")), 3)
+    assert stats["images"] == 5 and stats["score_fallbacks"] == 2
+    assert evaluate(model, loader[:1], args, DistContext(0, 1, 0, torch.device("cpu")), 3)["score_fallbacks"] == 1

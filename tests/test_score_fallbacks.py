@@ -6,6 +6,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
+import pytest
 import torch
 import torch.multiprocessing as mp
 from dart_core import DART
@@ -185,3 +186,23 @@ def test_wrap_ddp_is_the_identity_for_one_process():
     model = tiny_dart()
     ctx = DistContext(rank=0, world_size=1, local_rank=0, device=torch.device("cpu"))
     assert wrap_ddp(model, ctx) is model and not hasattr(model, "_ddp_params_and_buffers_to_ignore")
+
+
+def test_the_counter_is_built_on_the_model_device_and_reset_after_a_meta_build():
+    with torch.device("meta"):
+        model = DART(img_size=16, patch_size=8, embed_dim=4, num_tokens=3, scorer=ImageScores())
+    assert model.score_fallbacks.device.type == "meta"
+    model = model.to_empty(device="cpu")
+    for module in model.modules():  # timm's reinit_non_persistent_buffers convention
+        if hasattr(module, "init_non_persistent_buffers"):
+            module.init_non_persistent_buffers()
+    assert int(model.score_fallbacks) == 0
+    built = DART(img_size=16, patch_size=8, embed_dim=4, num_tokens=3, scorer=ImageScores(), device="meta")
+    assert built.score_fallbacks.device.type == "meta" and built.proj.weight.device.type == "meta"
+
+
+def test_score_density_names_the_shape_it_needs():
+    from dart_core.partition import score_density
+
+    with pytest.raises(ValueError, match=r"scores must be \(B, h, w\); got shape \(5,\)"):
+        score_density(torch.ones(5))

@@ -328,6 +328,7 @@ def test_eval_matches_clip_by_clip_oracle(digits_root, full_run, trained_model, 
     assert stats["top1"] == pytest.approx(top1) and stats["top5"] == pytest.approx(top5)
     assert stats["loss"] == pytest.approx(loss, rel=1e-5)
     assert stats["top1"] == pytest.approx(ckpt["best_top1"]) and stats["tokens"] == 6
+    assert stats["score_fallbacks"] == 0  # the evaluation's own count, from the DART tokenizer
     assert stats["params"] == sum(p.numel() for p in model.parameters()) and stats["gflops"] > 0
     out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
     assert out["top1"] == stats["top1"]
@@ -458,10 +459,13 @@ def test_grad_checkpointing_setting_switches_the_model_checkpointing():
 
 
 def test_eval_runs_on_this_machine_whatever_machine_trained(digits_root, full_run, tmp_path):
-    """A checkpoint trained on a GPU machine (device cuda, 64 threads) evaluates here on the CPU."""
+    """A checkpoint trained on a GPU machine (device cuda, 64 threads) evaluates and draws here on the CPU."""
     full_dir, _ = full_run
     ckpt = load_checkpoint(full_dir / "best.pth")
     save_checkpoint({**ckpt, "config": {**ckpt["config"], "device": "cuda", "threads": 64}}, tmp_path / "gpu.pth")
     here = run(["eval", "--data", digits_root, "--checkpoint", str(full_dir / "best.pth"), *EVAL])
     moved = run(["eval", "--data", digits_root, "--checkpoint", str(tmp_path / "gpu.pth"), *EVAL])
     assert moved["top1"] == here["top1"] and moved["loss"] == here["loss"]
+    video = data.read_ssv2(digits_root, "validation")[0][0].path
+    run(["visualize", video, "--checkpoint", str(tmp_path / "gpu.pth"), "--out", str(tmp_path / "clip.png")])
+    assert (tmp_path / "clip.png").is_file()

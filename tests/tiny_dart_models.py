@@ -15,9 +15,10 @@ TINY_DART_MODELS = {
 }
 
 
-def tiny_dart_model(name: str, dtype: torch.dtype = torch.float32) -> tuple[torch.nn.Module, torch.Tensor]:
-    """A seeded tiny model with 5 classes, in training mode, and a random input batch of 2."""
+def tiny_dart_model(name: str, dtype: torch.dtype = torch.float32, **overrides) -> tuple[torch.nn.Module, torch.Tensor]:
+    """A seeded tiny model with 5 classes (``overrides``: other create_model kwargs), in training
+    mode, and a random input batch of 2."""
     kwargs, shape = TINY_DART_MODELS[name]
     torch.manual_seed(0)
-    model = timm.create_model(name, num_classes=5, **kwargs).train().to(dtype)
+    model = timm.create_model(name, num_classes=5, **{**kwargs, **overrides}).train().to(dtype)
     return model, torch.rand(shape, dtype=dtype)

@@ -62,6 +62,7 @@ from dart_core.training import (  # noqa: E402
     capture_rng_state,
     count_flops,
     count_params,
+    fallback_fields,
     init_distributed,
     leaving_process_group,
     load_checkpoint,
@@ -135,7 +136,12 @@ def build_model(args, num_classes: int) -> torch.nn.Module:
             flags = ", ".join(flag(DART_MODEL_FLAGS[k]) for k in dart_opts)
             raise UsageError(f"{flags} only apply to DART models; {args.model!r} is not one ({e})") from e
         raise UsageError(f"--model-kwargs: {args.model!r} takes no argument {key!r} ({e})") from e
-    model.set_grad_checkpointing(args.grad_checkpointing)
+    if args.grad_checkpointing:
+        try:
+            model.set_grad_checkpointing(True)
+        except (AssertionError, NotImplementedError, AttributeError) as e:
+            raise UsageError(f"--grad-checkpointing: {args.model!r} does not support it ({e or type(e).__name__}); "
+                             "drop the flag") from e
     return model
 
 
@@ -267,7 +273,9 @@ def autocast(args, ctx: DistContext):
 
 @torch.no_grad()
 def evaluate(model, loader, args, ctx: DistContext, num_classes: int) -> dict:
-    """Top-1/top-5 (%), mean loss and model images/s over the whole val/ split (all ranks)."""
+    """Top-1/top-5 (%), mean loss and model images/s over the whole val/ split (all ranks), and
+    for DART models the images whose scores fell back to a uniform grid (``score_fallbacks``,
+    summed over the ranks: the evaluation's own, as training logs and clears its counts)."""
     model.eval()
     k = min(5, num_classes)
     totals = torch.zeros(4, dtype=torch.float64)  # top-1 hits, top-k hits, images, loss sum
@@ -294,6 +302,7 @@ def evaluate(model, loader, args, ctx: DistContext, num_classes: int) -> dict:
         "loss": summed[3].item() / n,
         "images": int(summed[2].item()),
         "images_per_s": summed[4].item(),
+        **fallback_fields(model),
     }
 
 

@@ -10,7 +10,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 from timm.layers import to_2tuple
 
-from .fallbacks import add_fallback_counter, count_fallbacks
+from .fallbacks import add_fallback_counter, count_fallbacks, zero_fallback_counter
 from .partition import InvalidPolicy, Partition, check_count, default_num_rows, partition
 from .pos_embed import resample_pos_embed
 from .sampling import sample_patches
@@ -106,7 +106,11 @@ class DART(nn.Module):
         self.proj = nn.Conv2d(in_chans, embed_dim, patch_size, stride=patch_size, bias=bias, device=device, dtype=dtype)
         self.norm = norm_layer(embed_dim) if norm_layer else nn.Identity()
         self.scorer = scorer
-        add_fallback_counter(self)  # samples whose scores fell back to a uniform grid, see dart_core.fallbacks
+        add_fallback_counter(self, device)  # samples whose scores fell back to a uniform grid (dart_core.fallbacks)
+
+    def init_non_persistent_buffers(self) -> None:
+        """timm's hook after a meta-device build and ``to_empty``: zero the fallback counter."""
+        zero_fallback_counter(self)
 
     def set_grid(self, img_size: int | tuple[int, int]) -> None:
         """Set ``img_size`` and the score grid it implies: (H, W) / (patch_size × sample_scale)."""

@@ -134,8 +134,10 @@ class DartRunner(Runner):
     uniform warp (:class:`dart_dense.fallback_hook.ScoreFallbackHook`), counted on each rank."""
 
     def register_hooks(self, default_hooks=None, custom_hooks=None) -> None:
+        """mmengine's hooks, and a :class:`ScoreFallbackHook` unless the config lists one."""
         super().register_hooks(default_hooks, custom_hooks)
-        self.register_hook(ScoreFallbackHook())
+        if not any(isinstance(hook, ScoreFallbackHook) for hook in self.hooks):
+            self.register_hook(ScoreFallbackHook())
 
     def wrap_model(self, model_wrapper_cfg, model):
         """mmengine's wrapping, with the score-fallback counters kept out of DDP's broadcast."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import torch
 import torch.nn as nn
-from dart_core.fallbacks import add_fallback_counter, count_fallbacks
+from dart_core.fallbacks import add_fallback_counter, count_fallbacks, zero_fallback_counter
 from dart_core.scorers import build_scorer
 
 from .warp import GridWarp, check_image_sizes
@@ -40,6 +40,11 @@ class DartWarp(nn.Module):
         self.score_input_size = tuple(score_input_size) if score_input_size else self.out_size
         if scorer is not None:  # images whose scores fell back to the uniform grid, see dart_core.fallbacks
             add_fallback_counter(self)
+
+    def init_non_persistent_buffers(self) -> None:
+        """timm's hook after a meta-device build and ``to_empty``: zero the fallback counter."""
+        if self.scorer is not None:
+            zero_fallback_counter(self)
 
     @property
     def out_size(self) -> tuple[int, int]:

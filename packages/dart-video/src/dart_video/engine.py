@@ -29,6 +29,7 @@ from dart_core.training import (
     all_gather_objects,
     all_reduce_sum,
     capture_rng_state,
+    fallback_fields,
     load_checkpoint,
     optimizer_update,
     restore_rng_state,
@@ -148,7 +149,9 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, config: TrainConfig, ct
     """Per-video top-1 / top-5 (%) of the softmax scores averaged over each video's views (the
     release's multi-view test; one view per video: the plain accuracy), the mean per-view
     cross-entropy, the counts of views (``clips``) and videos scored, the videos left out because
-    they could not be decoded (``skipped``), and views per second of the model's forward passes.
+    they could not be decoded (``skipped``), views per second of the model's forward passes, and
+    for DART models the views whose scores fell back to a uniform grid (``score_fallbacks``,
+    summed over the ranks: the evaluation's own, as training logs and clears its counts).
 
     ``loader`` yields ``(clips, labels, videos)`` batches of a :class:`data.VideoClassification`
     (``videos`` index its samples). Under DDP the views of one video may land on different ranks:
@@ -185,7 +188,7 @@ def evaluate(model: torch.nn.Module, loader: DataLoader, config: TrainConfig, ct
     return {"top1": 100 * (top[:, 0] == labels).sum().item() / max(count, 1),
             "top5": 100 * (top == labels[:, None]).any(1).sum().item() / max(count, 1),
             "loss": summed[0] / max(summed[1], 1.0), "clips": int(summed[1]), "videos": count,
-            "skipped": len(samples) - count, "clips_per_s": summed[2]}
+            "skipped": len(samples) - count, "clips_per_s": summed[2], **fallback_fields(model)}
 
 
 # ---------------------------------------------------------------- training state

@@ -115,10 +115,9 @@ class MambaEncoder(nn.Module):
             The last block's output and the outputs of the blocks in ``take``.
         """
         layers = self.layers[:depth]
-        recompute = self.grad_checkpointing and torch.is_grad_enabled()
         residual, outputs = self.layers[0].add(tokens, None), []
         for i, layer in enumerate(layers):
-            hidden = checkpoint(layer.mix, residual, use_reentrant=False) if recompute else layer.mix(residual)
+            hidden = checkpoint(layer.mix, residual, use_reentrant=False) if self.grad_checkpointing else layer.mix(residual)
             after = self.layers[i + 1] if i + 1 < len(self.layers) else None
             residual = residual + self.drop_path(hidden) if after is None else after.add(hidden, residual)
             if i in take:

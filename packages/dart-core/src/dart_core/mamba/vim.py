@@ -129,7 +129,7 @@ class VisionMamba(MambaIntermediates, MambaEncoder):
 
     def token_maps(self, tokens: torch.Tensor) -> torch.Tensor:
         """(B, N, D) patch tokens in row-major order → (B, D, h, w) maps."""
-        return tokens.unflatten(1, tuple(self.patch_embed.grid_size)).permute(0, 3, 1, 2)
+        return tokens.unflatten(1, tuple(self.patch_embed.grid_size)).permute(0, 3, 1, 2).contiguous()
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, N + 1, D) features → (B, num_classes) logits from the middle class token."""

@@ -90,7 +90,7 @@ class DARTViTMixin:
             The last block's (B, prefix + N, D) output and the outputs of the blocks in ``take``.
         """
         masking = dict(attn_mask=attn_mask, is_causal=is_causal) if attn_mask is not None or is_causal else {}
-        recompute = self.grad_checkpointing and torch.is_grad_enabled() and not torch.jit.is_scripting()
+        recompute = self.grad_checkpointing and not torch.jit.is_scripting()
         outputs = []
         for i, block in enumerate(self.blocks[:depth]):
             x = checkpoint(block, x, use_reentrant=False, **masking) if recompute else block(x, **masking)
