@@ -3,12 +3,15 @@ logging in the shared training loop, also under two-rank DDP."""
 
 from __future__ import annotations
 
+import json
 import math
+import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 import torch
-import torch.multiprocessing as mp
 from dart_core import DART
 from dart_core.fallbacks import fallback_counters, take_fallback_count
 from dart_core.partition import usable_scores
@@ -17,7 +20,6 @@ from dart_core.training import (
     EpochSampler,
     JsonlLogger,
     RunningMean,
-    fallback_fields,
     read_jsonl,
     train_epoch,
     wrap_ddp,
@@ -159,27 +161,19 @@ def test_train_epoch_without_dart_logs_no_count(tmp_path):
     assert len(records) == 2 and all("score_fallbacks" not in r for r in records)
 
 
-def ddp_rank(rank: int, init_file: str, out_file: str) -> None:
-    torch.distributed.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=2)
-    try:
-        model = tiny_dart()
-        net = wrap_ddp(model, DistContext(rank=rank, world_size=2, local_rank=rank, device=torch.device("cpu")))
-        assert isinstance(net, torch.nn.parallel.DistributedDataParallel)
-        for _ in range(3):  # rank 0 spoils 1 sample per step, rank 1 spoils 2
-            net(batch(list(range(rank + 1)))).sum().backward()
-        own = int(model.score_fallbacks)
-        total = fallback_fields(net)["score_fallbacks"]
-        torch.save({"own": own, "total": total}, f"{out_file}.{rank}")
-    finally:
-        torch.distributed.destroy_process_group()
-
-
-def test_wrap_ddp_keeps_each_rank_count_and_the_log_sums_them(tmp_path):
-    mp.spawn(ddp_rank, args=(str(tmp_path / "init"), str(tmp_path / "out")), nprocs=2, join=True)
-    results = [torch.load(f"{tmp_path / 'out'}.{rank}", weights_only=True) for rank in range(2)]
-    # DDP's default buffer broadcast would overwrite rank 1's count with rank 0's before each forward
-    assert [r["own"] for r in results] == [3, 6]
-    assert [r["total"] for r in results] == [9, 9]
+def test_ranks_keep_their_own_counts_and_the_logs_sum_them(tmp_path):
+    """Two torchrun ranks (tests/fallback_ranks.py) spoil 1 and 2 samples per step: DDP's buffer
+    broadcast would overwrite rank 1's count with rank 0's before each forward; the train log and
+    the dense hook's log line carry the sum over both ranks."""
+    worker = os.path.join(os.path.dirname(__file__), "fallback_ranks.py")
+    done = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+                           worker, str(tmp_path)], capture_output=True, text=True, timeout=240,
+                          env=dict(os.environ, OMP_NUM_THREADS="1"))
+    assert done.returncode == 0, done.stderr[-3000:]
+    results = [json.loads((tmp_path / f"rank{rank}.json").read_text()) for rank in range(2)]
+    assert [r["ddp"]["own"] for r in results] == [3, 6]
+    assert [r["ddp"]["total"] for r in results] == [9, 9]
+    assert [r["dense_hook"] for r in results] == [[6], [6]]  # (1 + 2) images x 2 iterations
 
 
 def test_wrap_ddp_is_the_identity_for_one_process():
