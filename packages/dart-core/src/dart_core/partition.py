@@ -107,8 +107,8 @@ def score_density(scores: torch.Tensor, on_invalid: InvalidPolicy = "uniform") -
     Returns:
         (B, h, w) float64 densities, each summing to 1.
     """
-    valid = usable_scores(scores)  # checks the shape first
     work = scores.to(torch.float64)
+    valid = usable_scores(work)  # checks the shape before the flatten
     flat = work.flatten(1)
     if on_invalid == "raise":
         if not bool(valid.all()):

@@ -88,7 +88,7 @@ class VisionMamba(MambaIntermediates, MambaEncoder):
 
     def class_table_index(self) -> int:
         """Index of the class token's entry in ``pos_embed`` (the middle of the h·w grid)."""
-        return (self.pos_embed.shape[1] - 1) // 2
+        return self.class_token_index(self.pos_embed.shape[1])
 
     def embed(self, images: torch.Tensor) -> torch.Tensor:
         """(B, C, H, W) → (B, N + 1, D) tokens with positional embeddings, class token at N // 2."""
@@ -133,7 +133,7 @@ class VisionMamba(MambaIntermediates, MambaEncoder):
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
         """(B, N + 1, D) features → (B, num_classes) logits from the middle class token."""
-        pooled = features[:, (features.shape[1] - 1) // 2]
+        pooled = features[:, self.class_token_index(features.shape[1])]
         return pooled if pre_logits else self.head(pooled)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
